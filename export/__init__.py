@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX exporters and official-checkpoint converters. Installed as ``pyagingrt.export``."""

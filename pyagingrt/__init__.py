@@ -1,0 +1,39 @@
+"""pyagingrt: fast inference for four face-aging models (AgeFlow, AcGAN, CUSP, PADA).
+
+    import pyagingrt
+    eng = pyagingrt.load("acgan", checkpoint="netG.pth")
+    aged = eng.age(images, target_age=70)
+
+``import pyagingrt`` never needs the compiled extension; the torch backend runs without it.
+"""
+
+from __future__ import annotations
+
+from ._extension import build_info, has_native
+from ._version import __version__
+from .errors import (
+    AgingError,
+    CheckpointError,
+    InputError,
+    MediaError,
+    NativeExtensionError,
+    NoFaceError,
+    NumericalError,
+    OutputError,
+    UnknownModelError,
+)
+
+__all__ = [
+    "AgingError",
+    "CheckpointError",
+    "InputError",
+    "MediaError",
+    "NativeExtensionError",
+    "NoFaceError",
+    "NumericalError",
+    "OutputError",
+    "UnknownModelError",
+    "__version__",
+    "build_info",
+    "has_native",
+]

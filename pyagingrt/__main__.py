@@ -1,0 +1,5 @@
+"""``python -m pyagingrt`` is the ``agingrt`` command."""
+
+from pyagingrt.cli.main import main
+
+raise SystemExit(main())
