@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+from . import models
 from ._extension import build_info, has_native
 from ._version import __version__
+from .api import Engine, RandomWeightsWarning, load
 from .errors import (
     AgingError,
     CheckpointError,
@@ -26,14 +28,18 @@ from .errors import (
 __all__ = [
     "AgingError",
     "CheckpointError",
+    "Engine",
     "InputError",
     "MediaError",
     "NativeExtensionError",
     "NoFaceError",
     "NumericalError",
     "OutputError",
+    "RandomWeightsWarning",
     "UnknownModelError",
     "__version__",
     "build_info",
     "has_native",
+    "load",
+    "models",
 ]

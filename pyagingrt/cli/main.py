@@ -1,4 +1,5 @@
-"""The ``agingrt`` command line: one sub-command per module in pyagingrt/cli/.
+"""The ``agingrt`` command line. Each sub-command lives in its own module of pyagingrt/cli/ and exposes
+``register(subparsers)``; heavy imports happen inside the command, so ``agingrt --help`` is fast.
 
 Every user mistake surfaces as one line ``agingrt: error: ...`` and a non-zero exit; a traceback is shown
 only with ``--debug``.
@@ -7,35 +8,31 @@ only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import AgingError
 
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    from .._extension import build_info
-
-    info = build_info()
-    print(f"pyagingrt {__version__}")
-    if info is None:
-        print("native extension: not built (pip install --no-build-isolation -e .)")
-    else:
-        print("native extension: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    return 0
+# In the order `agingrt --help` lists them; a module that does not exist yet is skipped.
+COMMANDS = ("age", "video", "bench", "info", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agingrt",
         description="Fast inference for four face-aging models: AgeFlow, AcGAN, CUSP and PADA.",
+        epilog="Run `agingrt COMMAND --help` for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"pyagingrt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="show the build and the models", description="Show the build and the models.")
-    info.set_defaults(func=_cmd_info)
+    for name in COMMANDS:
+        module_name = f"{__package__}.{name}"
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(sub)
     return parser
 
 

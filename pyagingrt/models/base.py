@@ -57,6 +57,7 @@ class ModelAdapter(ABC):
     config_names: ClassVar[tuple[str, ...]]  # ("paper", "tiny", ...); the first is the default
     options: ClassVar[tuple[OptionSpec, ...]] = ()  # model keyword options of Engine.age
     stochastic: ClassVar[bool] = False  # True when the output depends on the seed (PADA; CUSP noise="random")
+    load_options: ClassVar[tuple[OptionSpec, ...]] = ()  # extra keyword arguments of pyagingrt.load (dex=, clip=)
 
     # --- configs -----------------------------------------------------------------------------------------
     @abstractmethod
@@ -120,6 +121,14 @@ class ModelAdapter(ABC):
         Returns:
             Tensor[B, 3, S, S] float in [0, 1] (or Tensor[B, K, 3, S, S] for PADA with num_samples K > 1).
         """
+
+    def attach(self, module: nn.Module, config: Any, **load_options: Any) -> None:
+        """Load the extra weights named by ``load_options`` (e.g. CUSP ``dex=``, PADA ``clip=``) into module."""
+        known = {o.name for o in self.load_options}
+        unknown = sorted(set(load_options) - known)
+        if unknown:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise InputError(f"load() for {self.name} does not take {', '.join(unknown)}; allowed: {allowed}")
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @abstractmethod

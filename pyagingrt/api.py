@@ -1,0 +1,311 @@
+"""``pyagingrt.load`` and ``Engine``: one API over the four models and the backends.
+
+eng = pyagingrt.load("cusp", checkpoint="network-snapshot.pkl", device="cuda", precision="fp16")
+out = eng.age(images, target_age=70, sigma_m=9.0, sigma_g=0.0, seed=0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointHeader, load_checkpoint, load_state_dict_strict, read_header, save_checkpoint
+from .errors import CheckpointError, InputError, NativeExtensionError, NumericalError
+from .images import ImageInput, as_image_batch
+from .models.base import AgeGroup, ModelAdapter
+from .models.registry import get_adapter, model_names
+
+__all__ = ["PRECISIONS", "Engine", "RandomWeightsWarning", "load"]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "native", "tensorrt")
+
+
+class RandomWeightsWarning(UserWarning):
+    """An engine was built without a checkpoint: its output is meaningless (fine for benchmarks)."""
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for, but torch sees no CUDA device here; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("precision 'fp16' needs a CUDA device; on CPU use 'fp32' (or 'bf16')")
+    return PRECISIONS[precision]
+
+
+def _resolve_config(adapter: ModelAdapter, config: Any) -> tuple[Any, str | None]:
+    if config is None:
+        return adapter.make_config(adapter.config_names[0]), adapter.config_names[0]
+    if isinstance(config, str):
+        if config not in adapter.config_names:
+            names = ", ".join(adapter.config_names)
+            raise InputError(f"{adapter.name} has no config {config!r}; choose one of: {names}")
+        return adapter.make_config(config), config
+    if isinstance(config, dict):
+        return adapter.config_from_dict(config), None
+    return config, None
+
+
+def _looks_like_path(model: str | os.PathLike[str]) -> bool:
+    text = os.fspath(model)
+    return os.sep in text or text.endswith(".safetensors") or Path(text).is_file()
+
+
+def load(
+    model: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    backend: str = "torch",
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    config: str | dict[str, Any] | Any | None = None,
+    **load_options: Any,
+) -> Engine:
+    """Build an :class:`Engine` for one model.
+
+    Args:
+        model: a model name (see ``pyagingrt.models()``), or the path of a checkpoint written by
+            :meth:`Engine.save` (then ``checkpoint`` must be None).
+        checkpoint: weights: a pyagingrt ``.safetensors`` file, or an official checkpoint of the model
+            (converted on load). None builds random weights and warns (:class:`RandomWeightsWarning`).
+        backend: "torch" (the reference, CPU or GPU) or "native" (the optimised engine).
+        device: "cpu", "cuda" or "cuda:N"; default CUDA when available.
+        precision: "fp32" (default), "fp16" (CUDA only) or "bf16".
+        config: a config name of the model (e.g. "paper", "tiny"), a config dict, or a config object; default
+            the model's first config (its paper size), or the one stored in a pyagingrt checkpoint.
+        **load_options: model-specific extra weights, e.g. CUSP ``dex=PATH``, PADA ``clip=DIR``.
+
+    Raises:
+        UnknownModelError, InputError, CheckpointError, NativeExtensionError.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "tensorrt":
+        raise NativeExtensionError(
+            "the tensorrt backend is not available: TensorRT is not installed on this machine (see README)"
+        )
+    dev = _resolve_device(device)
+    dtype = _resolve_precision(precision, dev)
+
+    state: dict[str, Tensor] | None = None
+    source: dict[str, Any] | None = None
+    is_name = isinstance(model, str) and model.strip().lower() in model_names()
+    if not is_name and _looks_like_path(model):
+        if checkpoint is not None:
+            raise InputError("give either a checkpoint path as the model, or a model name and checkpoint=, not both")
+        checkpoint, header = model, read_header(model)
+        if header is None:
+            raise CheckpointError(f"{model} is not a pyagingrt checkpoint; pass the model name and checkpoint={model}")
+        model = header.model
+    adapter = get_adapter(str(model))
+    cfg, config_name = _resolve_config(adapter, config)
+
+    if checkpoint is not None:
+        ckpt_path = Path(checkpoint)
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt_path} does not exist or is not a file")
+        header = read_header(ckpt_path)
+        if header is not None:
+            if header.model != adapter.name:
+                raise CheckpointError(f"{ckpt_path} is a {header.model} checkpoint, not {adapter.name}")
+            if config is not None:
+                raise InputError("a pyagingrt checkpoint stores its config; do not pass config= with it")
+            _, state = load_checkpoint(ckpt_path)
+            cfg, config_name = adapter.config_from_dict(header.config), None
+            source = header.source
+        else:
+            cfg, state = adapter.convert_official(ckpt_path, config_name if config is not None else None)
+            source = {"converted_from": ckpt_path.name}
+    module = adapter.build(cfg)
+    if state is None:
+        warnings.warn(
+            f"{adapter.name}: no checkpoint given, using random weights: the output is meaningless "
+            "(fine for benchmarks and tests)",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+    else:
+        load_state_dict_strict(module, state, str(checkpoint))
+    adapter.attach(module, cfg, **load_options)
+    module.eval().requires_grad_(False)
+    engine_cls: type[Engine] = Engine
+    if backend == "native":
+        from .backends.native import NativeEngine
+
+        engine_cls = NativeEngine
+    return engine_cls(adapter, cfg, module, dev, dtype, config_name=config_name, source=source)
+
+
+class Engine:
+    """A loaded model on one device and precision. Build it with :func:`load`."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        config: Any,
+        module: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        config_name: str | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.config_name = config_name
+        self.device = device
+        self.dtype = dtype
+        self.source = source
+        self.module = module.to(device=device, dtype=dtype)
+        self._flops: float | None = None
+
+    # --- description ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.adapter.name
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square aligned RGB crop the model takes."""
+        return self.adapter.input_size(self.config)
+
+    @property
+    def age_groups(self) -> tuple[AgeGroup, ...]:
+        return self.adapter.age_groups(self.config)
+
+    @property
+    def precision(self) -> str:
+        return next(k for k, v in PRECISIONS.items() if v == self.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def flops_per_image(self) -> float:
+        """FLOPs (2 per multiply-add) of one image, counted once on CPU in fp32 (cached)."""
+        if self._flops is None:
+            probe = self.adapter.build(self.config).eval().requires_grad_(False)
+            self._flops = self.adapter.flops_per_image(probe, self.config)
+        return self._flops
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(model={self.model!r}, config={self.config_name or 'custom'!r}, backend={self.backend!r}, "
+            f"device={str(self.device)!r}, precision={self.precision!r}, input_size={self.input_size})"
+        )
+
+    # --- running -------------------------------------------------------------------------------------------
+    def _targets(self, target_age: float | Sequence[float] | Tensor, batch: int) -> Tensor:
+        try:
+            ages = torch.as_tensor(target_age, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"target_age must be a number or one number per image, got {target_age!r}") from exc
+        if ages.numel() == 1:
+            ages = ages.expand(batch).clone()
+        if ages.numel() != batch:
+            raise InputError(f"target_age has {ages.numel()} values for {batch} images; give one, or one per image")
+        if not bool(torch.isfinite(ages).all()):
+            raise InputError(f"target_age must be finite, got {ages.tolist()}")
+        return self.adapter.validate_ages(self.config, ages)
+
+    def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+        if generator is not None:
+            if seed is not None:
+                raise InputError("give seed= or generator=, not both")
+            return generator
+        gen = torch.Generator()
+        if seed is None:
+            gen.seed()  # non-deterministic on purpose; pass seed= for repeatable output
+        else:
+            gen.manual_seed(int(seed))
+        return gen
+
+    def _run(self, pixels: Tensor, targets: Tensor, generator: torch.Generator, options: dict[str, Any]) -> Tensor:
+        """Run the adapter on a validated batch (float32 [B, 3, S, S] on any device)."""
+        with torch.no_grad():
+            return self.adapter.run(self.module, pixels.to(self.device), targets.to(self.device), generator, options)
+
+    def age(
+        self,
+        images: ImageInput,
+        target_age: float | Sequence[float] | Tensor,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> Any:
+        """Age aligned face crops.
+
+        Args:
+            images: float Tensor[B, 3, S, S] (or [3, S, S]) in [0, 1], a uint8 tensor, or uint8 RGB numpy arrays
+                [H, W, 3] / [B, H, W, 3]; S = ``input_size``. Photos go through ``pyagingrt.pipeline`` first.
+            target_age: years, one number or one per image; each model maps years to its groups (``age_groups``).
+            seed: seed of every random draw (same seed, same output); None draws a fresh one.
+            generator: a torch.Generator instead of ``seed``.
+            **options: model options (``info()["options"]`` lists them).
+
+        Returns:
+            The aged crops in the input's kind: Tensor[B, 3, S, S] in [0, 1] on the input's device, or uint8 arrays.
+            PADA with ``num_samples=K > 1`` adds a sample axis after the batch axis.
+        """
+        batch = as_image_batch(images, self.input_size)
+        targets = self._targets(target_age, batch.pixels.shape[0])
+        opts = self.adapter.validate_options(self.config, batch.pixels.shape[0], options)
+        out = self._run(batch.pixels, targets, self._generator(seed, generator), opts).float()
+        if not bool(torch.isfinite(out).all()):
+            raise NumericalError(
+                f"{self.model} produced NaN/Inf in {self.precision}; try precision='fp32' or check the checkpoint"
+            )
+        return batch.restore(out.clamp(0.0, 1.0))
+
+    # --- saving --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """The weights in float32 (whatever the engine's precision), keyed as the training/ module."""
+        return {k: (v.float() if v.is_floating_point() else v) for k, v in self.module.state_dict().items()}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the engine's weights and config as a pyagingrt checkpoint (.safetensors), atomically."""
+        header = CheckpointHeader(
+            model=self.model,
+            config=self.adapter.config_to_dict(self.config),
+            age_groups=[g.to_dict() for g in self.age_groups],
+            source=self.source,
+        )
+        return save_checkpoint(path, header, self.state_dict())
+
+    def info(self) -> dict[str, Any]:
+        """What ``agingrt info`` prints: model, config, parameters, GFLOP per image, input size, groups, options."""
+        groups = [
+            f"{g.index}: {g.label} ({g.low:g}-{'' if math.isinf(g.high) else f'{g.high:g}'})" for g in self.age_groups
+        ]
+        return {
+            "model": f"{self.model} — {self.adapter.title}",
+            "config": self.config_name or "custom",
+            "parameters": self.num_parameters(),
+            "gflop_per_image": self.flops_per_image() / 1e9,
+            "input_size": self.input_size,
+            "age_groups": groups,
+            "options": {o.name: (o.default, o.help) for o in self.adapter.options},
+        }
