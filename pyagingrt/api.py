@@ -120,6 +120,10 @@ def load(
         model = header.model
     adapter = get_adapter(str(model))
     cfg, config_name = _resolve_config(adapter, config)
+    unknown = sorted(set(load_options) - {o.name for o in adapter.load_options})
+    if unknown:  # fail before any weights are read
+        allowed = ", ".join(o.name for o in adapter.load_options) or "none"
+        raise InputError(f"load() for {adapter.name} does not take {', '.join(unknown)}; allowed: {allowed}")
 
     if checkpoint is not None:
         ckpt_path = Path(checkpoint)
