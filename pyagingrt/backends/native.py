@@ -1,0 +1,158 @@
+"""``backend="native"``: per-model inference rewrites, custom ops, fp16/bf16, CUDA graphs.
+
+Built once per (model, precision, device) by :func:`pyagingrt.load`; CUDA graphs are captured per batch
+bucket (1, 4, 16, 32 by default; smaller batches are padded into the next bucket), bucket 1 during load() so
+the first call is fast. A finite-output check runs at build time in fp16/bf16 and names the first layer that
+overflowed. On CPU the same rewrites run without graphs (and in fp32), so CPU tests cover them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..api import Engine
+from ..errors import NumericalError
+from .cuda_graphs import DEFAULT_BUCKETS, GraphCache
+from .runner import GenericRunner, NativeRunner
+
+_RUNNERS = {
+    "ageflow": "pyagingrt.backends.native_ageflow:AgeFlowRunner",
+    "acgan": "pyagingrt.backends.native_acgan:AcGANRunner",
+    "cusp": "pyagingrt.backends.native_cusp:CUSPRunner",
+    "pada": "pyagingrt.backends.native_pada:PADARunner",
+}
+
+
+def runner_class(model: str) -> type[NativeRunner]:
+    """The model's own runner, or GenericRunner while a model has none."""
+    target = _RUNNERS.get(model)
+    if target is None:
+        return GenericRunner
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return GenericRunner
+    return getattr(module, cls_name)
+
+
+def _nonfinite(t: object) -> bool:
+    return isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+
+
+def first_nonfinite_layer(module: nn.Module, call) -> str | None:
+    """Run ``call()`` with hooks on every leaf module; the name of the first whose output is not finite."""
+    found: list[str] = []
+    handles = []
+
+    def hook(name):
+        def check(_mod, _inp, out):
+            if found:
+                return
+            tensors = out if isinstance(out, tuple | list) else (out,)
+            if any(_nonfinite(t) for t in tensors):
+                found.append(name)
+
+        return check
+
+    for name, sub in module.named_modules():
+        if not list(sub.children()):
+            handles.append(sub.register_forward_hook(hook(name)))
+    try:
+        call()
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+class NativeEngine(Engine):
+    """An :class:`Engine` whose calls go through the model's native runner."""
+
+    backend = "native"
+
+    def __init__(
+        self,
+        adapter,
+        config,
+        module: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        config_name: str | None = None,
+        source: dict[str, Any] | None = None,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        use_graphs: bool | None = None,
+    ) -> None:
+        # The fp32 module stays the master copy (save(), folding); the runner holds the converted weights.
+        super().__init__(adapter, config, module, device, torch.float32, config_name=config_name, source=source)
+        self.dtype = dtype
+        self.runner = runner_class(adapter.name)(adapter, self.module, config, device, dtype)
+        graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self.graphs = GraphCache(device, buckets) if graphs else None
+        self._check_finite()
+        if self.graphs is not None:
+            self.warmup((1,))
+
+    @property
+    def runner_name(self) -> str:
+        return type(self.runner).__name__
+
+    def _sample_batch(self, batch: int) -> tuple[Tensor, Tensor, torch.Generator, dict[str, Any]]:
+        size = self.input_size
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.rand(batch, 3, size, size, generator=gen)
+        groups = self.age_groups
+        ages = torch.tensor([float(groups[i % len(groups)].low + 1) for i in range(batch)], dtype=torch.float64)
+        targets = self.adapter.validate_ages(self.config, ages)
+        options = self.adapter.validate_options(self.config, batch, {})
+        return pixels, targets, gen, options
+
+    def _check_finite(self) -> None:
+        """Build-time check that the converted engine does not overflow on a random batch."""
+        if self.dtype == torch.float32:
+            return
+        pixels, targets, gen, options = self._sample_batch(1)
+        out = self._run_eager(pixels, targets, gen, options)
+        if bool(torch.isfinite(out).all()):
+            return
+        probe = getattr(self.runner, "module", None)
+        layer = None
+        if isinstance(probe, nn.Module):
+            layer = first_nonfinite_layer(probe, lambda: self._run_eager(pixels, targets, gen, options))
+        where = f" first at layer {layer!r}" if layer else ""
+        raise NumericalError(
+            f"the {self.precision} native {self.model} engine overflows (NaN/Inf){where}; use precision='fp32' "
+            "(or 'bf16')"
+        )
+
+    def warmup(self, batch_sizes: Sequence[int]) -> None:
+        """Capture (GPU) or run once (CPU) the given batch sizes with default options."""
+        for batch in batch_sizes:
+            pixels, targets, gen, options = self._sample_batch(batch)
+            self._run(pixels, targets, gen, options)
+
+    def _run_eager(self, pixels, targets, generator, options) -> Tensor:
+        with torch.no_grad():
+            inputs = self.runner.prepare(pixels.to(self.device), targets.to(self.device), generator, options)
+            return self.runner.forward(inputs, options)
+
+    def _run(self, pixels: Tensor, targets: Tensor, generator: torch.Generator, options: dict[str, Any]) -> Tensor:
+        if self.graphs is None or not self.runner.graph_safe(options):
+            return self._run_eager(pixels, targets, generator, options)
+        with torch.no_grad():
+            inputs = self.runner.prepare(pixels.to(self.device), targets.to(self.device), generator, options)
+            tensors = {k: v for k, v in inputs.items() if isinstance(v, Tensor)}
+            extras = {k: v for k, v in inputs.items() if not isinstance(v, Tensor)}
+            return self.graphs.run(
+                lambda static: self.runner.forward({**static, **extras}, options),
+                tensors,
+                self.runner.graph_key(options),
+            )

@@ -1,0 +1,268 @@
+"""Side-by-side timing of the backends on the same inputs (``agingrt bench``).
+
+Protocol (notes/performance.md section 7.5): random weights, rotating random inputs (never zeros), warm-up
+first, then the median of CUDA-event timings (wall clock on CPU) over ``iters`` calls; FLOPs from
+FlopCounterMode on one image; achieved TFLOP/s and % of the GPU's dense fp16 peak; build (or compile) time
+reported apart. Every variant of one model and batch is timed in the same process on the same inputs, so
+the speed-ups printed are ratios measured side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .api import Engine, RandomWeightsWarning, load
+from .errors import AgingError, InputError
+
+# Dense fp16/bf16 tensor-core peaks in TFLOP/s (datasheets; notes/performance.md section 1.1).
+GPU_FP16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "V100": 125.0, "L4": 121.0, "T4": 65.0}
+
+VARIANTS = {
+    # name: (backend, compile)
+    "eager": ("torch", False),
+    "compile": ("torch", True),
+    "native": ("native", False),
+}
+
+
+@dataclass
+class BenchResult:
+    model: str
+    config: str
+    variant: str  # eager | compile | native
+    precision: str
+    batch: int
+    device: str
+    ms_per_batch: float | None = None
+    images_per_s: float | None = None
+    tflops: float | None = None
+    pct_of_peak: float | None = None
+    build_s: float | None = None
+    gflop_per_image: float | None = None
+    error: str | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+
+def gpu_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in GPU_FP16_PEAK_TFLOPS.items() if k in name), None)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """Milliseconds of one call: CUDA events on a GPU, perf_counter on CPU."""
+    if device.type == "cuda":
+
+        def time_cuda(fn: Callable[[], Any]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        return time_cuda
+
+    def time_cpu(fn: Callable[[], Any]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    return time_cpu
+
+
+def _make_runner(engine: Engine, compiled: bool, batch: int) -> tuple[Callable[[Tensor, Tensor], Tensor], Any]:
+    """fn(pixels, targets) for the engine's model, and the validated default options."""
+    options = engine.adapter.validate_options(engine.config, batch, {})
+    generator = torch.Generator().manual_seed(0)
+    if not compiled:
+        return (lambda x, t: engine._run(x, t, generator, options)), options
+
+    adapter, module = engine.adapter, engine.module
+
+    def forward(x: Tensor, t: Tensor) -> Tensor:
+        return adapter.run(module, x, t, generator, options)
+
+    compiled_fn = torch.compile(forward)
+
+    def run(x: Tensor, t: Tensor) -> Tensor:
+        with torch.no_grad():
+            return compiled_fn(x, t)
+
+    return run, options
+
+
+def bench_one(
+    model: str,
+    config: str | None,
+    variant: str,
+    precision: str,
+    batch: int,
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    inputs: int = 3,
+) -> BenchResult:
+    backend, compiled = VARIANTS[variant]
+    result = BenchResult(model, config or "default", variant, precision, batch, str(device))
+    try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            engine = load(model, backend=backend, device=device, precision=precision, config=config)
+        result.config = engine.config_name or result.config
+        result.gflop_per_image = engine.flops_per_image() / 1e9
+        size = engine.input_size
+        gen = torch.Generator().manual_seed(1234)
+        # rotating random inputs, never zeros; targets spread over the model's groups
+        pixels = [torch.rand(batch, 3, size, size, generator=gen).to(device) for _ in range(inputs)]
+        groups = engine.age_groups
+        ages = torch.tensor([float(groups[(i * 7) % len(groups)].low + 1) for i in range(batch)], dtype=torch.float64)
+        targets = engine.adapter.validate_ages(engine.config, ages).to(device)
+        run, _ = _make_runner(engine, compiled, batch)
+        run(pixels[0], targets)  # first call: graph capture / compilation
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result.build_s = time.perf_counter() - t0
+        timer = _timer(device)
+        for i in range(warmup):
+            run(pixels[i % inputs], targets)
+        samples = [timer(lambda i=i: run(pixels[i % inputs], targets)) for i in range(iters)]
+    except (AgingError, RuntimeError, NotImplementedError) as exc:  # one variant failing must not stop the run
+        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return result
+    result.samples_ms = samples
+    result.ms_per_batch = statistics.median(samples)
+    result.images_per_s = batch / (result.ms_per_batch / 1e3)
+    result.tflops = result.gflop_per_image * batch / result.ms_per_batch  # GFLOP per ms == TFLOP/s
+    peak = gpu_peak_tflops(device)
+    result.pct_of_peak = None if peak is None else 100.0 * result.tflops / peak
+    return result
+
+
+def run_bench(
+    models: Sequence[str],
+    batches: Sequence[int],
+    precisions: Sequence[str],
+    variants: Sequence[str],
+    device: torch.device,
+    *,
+    config: str | None = None,
+    warmup: int = 3,
+    iters: int = 10,
+    progress: Callable[[BenchResult], None] | None = None,
+) -> list[BenchResult]:
+    for v in variants:
+        if v not in VARIANTS:
+            raise InputError(f"unknown backend variant {v!r}; choose from {', '.join(VARIANTS)}")
+    results = []
+    for model in models:
+        for batch in batches:
+            for variant in variants:
+                for precision in precisions:
+                    r = bench_one(model, config, variant, precision, batch, device, warmup=warmup, iters=iters)
+                    results.append(r)
+                    if progress is not None:
+                        progress(r)
+    return results
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """One table per (model, batch): each variant, and the speed-up of native over each other variant."""
+    lines = []
+    keys = sorted({(r.model, r.config, r.batch) for r in results}, key=lambda k: (k[0], k[2]))
+    for model, config, batch in keys:
+        rows = [r for r in results if (r.model, r.config, r.batch) == (model, config, batch)]
+        gflop = next((r.gflop_per_image for r in rows if r.gflop_per_image), None)
+        lines.append(f"\n{model} ({config}), batch {batch}, {_fmt(gflop, '.3f')} GFLOP/image, random weights")
+        lines.append(
+            f"  {'variant':<16}{'ms/batch':>11}{'img/s':>11}{'TFLOP/s':>10}{'% peak':>8}{'build s':>9}  native speed-up"
+        )
+        natives = [r for r in rows if r.variant == "native" and r.ms_per_batch]
+        best_native = min(natives, key=lambda r: r.ms_per_batch) if natives else None
+        for r in rows:
+            name = f"{r.variant} {r.precision}"
+            if r.error:
+                lines.append(f"  {name:<16}  not run: {r.error}")
+                continue
+            speedup = ""
+            if best_native is not None and r is not best_native and r.variant != "native":
+                speedup = f"x{r.ms_per_batch / best_native.ms_per_batch:.2f}"
+            lines.append(
+                f"  {name:<16}{_fmt(r.ms_per_batch, '11.3f')}{_fmt(r.images_per_s, '11.1f')}"
+                f"{_fmt(r.tflops, '10.3f')}{_fmt(r.pct_of_peak, '8.1f')}{_fmt(r.build_s, '9.1f')}  {speedup}"
+            )
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    from ._extension import build_info
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "extension": build_info(),
+        "weights": "random",
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def write_json(results: Sequence[BenchResult], path: str | Path, command: str) -> Path:
+    path = Path(path)
+    payload = {"command": command, "environment": environment(), "results": [asdict(r) for r in results]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def plot_bars(results: Sequence[BenchResult], path: str | Path) -> Path:
+    """A bar chart of images/s per variant, one panel per (model, batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r.model, r.batch) for r in results})
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    for ax, (model, batch) in zip(axes[0], keys, strict=True):
+        rows = [r for r in results if (r.model, r.batch) == (model, batch) and r.images_per_s]
+        names = [f"{r.variant}\n{r.precision}" for r in rows]
+        ax.bar(
+            names,
+            [r.images_per_s for r in rows],
+            color=["#4c72b0" if r.variant != "native" else "#dd8452" for r in rows],
+        )
+        ax.set_title(f"{model}, batch {batch}", fontsize=9)
+        ax.set_ylabel("images / s")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("pyagingrt bench (random weights)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,88 @@
+"""``agingrt bench``: time the models side by side (torch eager, torch.compile, native) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time the models: torch eager vs torch.compile vs native, same inputs, one run",
+        description="Time each model side by side on the same rotating random inputs (random weights: speed "
+        "does not depend on them): ms per batch, images/s, achieved TFLOP/s, %% of the GPU's dense fp16 peak, "
+        "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
+        "a GPU, wall-clock medians on CPU.",
+    )
+    p.add_argument("--model", default="all", help="all, or a comma list of ageflow,acgan,cusp,pada (default: all)")
+    p.add_argument(
+        "--config", default=None, help="config for every model, e.g. tiny (default: each model's paper size)"
+    )
+    p.add_argument("--batch", default="1", help="comma list of batch sizes (default: 1)")
+    p.add_argument(
+        "--precision", default=None, help="comma list of fp32,fp16,bf16 (default: fp32,fp16 on a GPU, fp32 on CPU)"
+    )
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma list of eager,compile,native (default: eager,compile,native on a GPU; eager,native on CPU, "
+        "where torch.compile takes minutes)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
+    p.add_argument("--iters", type=int, default=10, help="timed calls; the median is reported (default: 10)")
+    p.add_argument("--quick", action="store_true", help="tiny configs, batch 1, 1 warm-up, 3 iterations: a smoke run")
+    p.add_argument("--json", default=None, help="write every measurement and the environment to this JSON file")
+    p.add_argument("--plot", default=None, help="write a bar chart of images/s to this PNG file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyagingrt.api import _resolve_device
+    from pyagingrt.benchmark import format_table, plot_bars, run_bench, write_json
+    from pyagingrt.errors import InputError
+    from pyagingrt.models.registry import get_adapter, model_names
+
+    device = _resolve_device(args.device)
+    models = list(model_names()) if args.model == "all" else _csv(args.model)
+    for m in models:
+        get_adapter(m)  # unknown names fail before any timing
+    config, batches, warmup, iters = args.config, args.batch, args.warmup, args.iters
+    if args.quick:
+        config, batches, warmup, iters = config or "tiny", "1", 1, 3
+    try:
+        batch_list = [int(b) for b in _csv(batches)]
+    except ValueError as exc:
+        raise InputError(f"--batch takes a comma list of integers, got {batches!r}") from exc
+    if not batch_list or min(batch_list) < 1:
+        raise InputError(f"--batch sizes must be >= 1, got {batches!r}")
+    gpu = device.type == "cuda"
+    precisions = _csv(args.precision) if args.precision else (["fp32", "fp16"] if gpu else ["fp32"])
+    variants = (
+        _csv(args.backends) if args.backends else (["eager", "compile", "native"] if gpu else ["eager", "native"])
+    )
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"agingrt bench on {where}, torch {torch.__version__}; random weights (speed does not depend on them)")
+
+    def progress(r) -> None:
+        state = r.error or f"{r.ms_per_batch:.3f} ms"
+        print(f"  {r.model} {r.variant} {r.precision} batch {r.batch}: {state}", file=sys.stderr, flush=True)
+
+    results = run_bench(
+        models, batch_list, precisions, variants, device, config=config, warmup=warmup, iters=iters, progress=progress
+    )
+    print(format_table(results))
+    command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if args.json:
+        print(f"wrote {write_json(results, args.json, command)}")
+    if args.plot:
+        print(f"wrote {plot_bars(results, args.plot)}")
+    return 0

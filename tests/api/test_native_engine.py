@@ -1,0 +1,94 @@
+"""The native backend's generic machinery (runner selection, bucketing, graph cache, overflow check) on the
+toy adapter; each model's own runner is tested against the torch backend in tests/models/."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pyagingrt
+from pyagingrt import RandomWeightsWarning
+from pyagingrt.backends.cuda_graphs import GraphCache, _pad, bucket_for
+from pyagingrt.backends.native import NativeEngine, first_nonfinite_layer, runner_class
+from pyagingrt.backends.runner import GenericRunner
+from pyagingrt.models import registry
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(registry._ADAPTERS, "toy", "tests.api.toy_adapter:ToyAdapter")
+    registry.get_adapter.cache_clear()
+    yield
+    registry.get_adapter.cache_clear()
+
+
+def load(**kwargs):
+    with pytest.warns(RandomWeightsWarning):
+        return pyagingrt.load("toy", **kwargs)
+
+
+def test_buckets():
+    assert [bucket_for(b, (1, 4, 16, 32)) for b in (1, 2, 4, 5, 16, 17, 32, 33)] == [1, 4, 4, 16, 16, 32, 32, 33]
+    x = torch.arange(6.0).reshape(3, 2)
+    padded = _pad(x, 5)
+    assert padded.shape == (5, 2)
+    assert torch.equal(padded[:3], x)
+    assert torch.equal(padded[3:], x[-1:].expand(2, 2))
+
+
+def test_unknown_model_uses_generic_runner():
+    assert runner_class("toy") is GenericRunner
+
+
+@pytest.mark.usefixtures("toy")
+def test_native_cpu_equals_torch_backend():
+    torch_eng = load(device="cpu")
+    native = NativeEngine(
+        torch_eng.adapter, torch_eng.config, torch_eng.module, torch.device("cpu"), torch.float32, config_name="small"
+    )
+    assert native.backend == "native"
+    assert native.graphs is None
+    x = torch.rand(3, 3, 8, 8)
+    torch.testing.assert_close(native.age(x, [10, 40, 70]), torch_eng.age(x, [10, 40, 70]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.usefixtures("toy")
+def test_load_native_on_cpu():
+    eng = load(device="cpu", backend="native")
+    assert eng.backend == "native"
+    assert eng.age(torch.rand(1, 3, 8, 8), 30).shape == (1, 3, 8, 8)
+
+
+def test_first_nonfinite_layer_names_the_layer():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with torch.no_grad():
+        net[1].weight.fill_(float("inf"))
+    assert first_nonfinite_layer(net, lambda: net(torch.ones(1, 4))) == "1"
+    with torch.no_grad():
+        net[1].weight.fill_(1.0)
+    assert first_nonfinite_layer(net, lambda: net(torch.ones(1, 4))) is None
+
+
+@pytest.mark.gpu
+def test_graph_replay_equals_eager_and_pads_buckets():
+    dev = torch.device("cuda")
+    lin = nn.Linear(8, 8).to(dev)
+    cache = GraphCache(dev, buckets=(1, 4))
+
+    def fn(inputs):
+        return lin(inputs["x"]) * 2
+
+    for batch in (1, 3, 4, 3):
+        x = torch.randn(batch, 8, device=dev)
+        torch.testing.assert_close(cache.run(fn, {"x": x}, key="k"), fn({"x": x}))
+    assert len(cache) == 2  # buckets 1 and 4, the second batch-3 call replays
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("toy")
+def test_native_fp16_graphs_match_torch_fp32():
+    ref = load(device="cuda")
+    eng = load(device="cuda", backend="native", precision="fp16")
+    x = torch.rand(3, 3, 8, 8, device="cuda")
+    torch.testing.assert_close(eng.age(x, 40), ref.age(x, 40), atol=2e-3, rtol=0)
