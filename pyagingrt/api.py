@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointHeader, load_checkpoint, load_state_dict_strict, read_header, save_checkpoint
-from .errors import CheckpointError, InputError, NativeExtensionError, NumericalError
+from .errors import CheckpointError, InputError, NativeExtensionError, NumericalError, RandomWeightsWarning
 from .images import ImageInput, as_image_batch
 from .models.base import AgeGroup, ModelAdapter
 from .models.registry import get_adapter, model_names
@@ -26,10 +26,6 @@ __all__ = ["PRECISIONS", "Engine", "RandomWeightsWarning", "load"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "native", "tensorrt")
-
-
-class RandomWeightsWarning(UserWarning):
-    """An engine was built without a checkpoint: its output is meaningless (fine for benchmarks)."""
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -139,7 +135,9 @@ def load(
             cfg, config_name = adapter.config_from_dict(header.config), None
             source = header.source
         else:
-            cfg, state = adapter.convert_official(ckpt_path, config_name if config is not None else None)
+            cfg, state = adapter.convert_official(
+                ckpt_path, config_name if config is not None else None, **load_options
+            )
             source = {"converted_from": ckpt_path.name}
     module = adapter.build(cfg)
     if state is None:

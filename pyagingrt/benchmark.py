@@ -130,7 +130,9 @@ def bench_one(
         # rotating random inputs, never zeros; targets spread over the model's groups
         pixels = [torch.rand(batch, 3, size, size, generator=gen).to(device) for _ in range(inputs)]
         groups = engine.age_groups
-        ages = torch.tensor([float(groups[(i * 7) % len(groups)].low + 1) for i in range(batch)], dtype=torch.float64)
+        ages = torch.tensor(
+            [groups[(i * 7) % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64
+        )
         targets = engine.adapter.validate_ages(engine.config, ages).to(device)
         run, _ = _make_runner(engine, compiled, batch)
         run(pixels[0], targets)  # first call: graph capture / compilation

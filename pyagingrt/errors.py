@@ -15,6 +15,7 @@ __all__ = [
     "NoFaceError",
     "NumericalError",
     "OutputError",
+    "RandomWeightsWarning",
     "UnknownModelError",
 ]
 
@@ -53,3 +54,8 @@ class NumericalError(AgingError, ArithmeticError):
 
 class OutputError(AgingError, OSError):
     """An output path that cannot be written."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """Some or all of a model's weights are random (no checkpoint, no CLIP/DEX file): the output is
+    meaningless, which is fine for benchmarks and tests."""

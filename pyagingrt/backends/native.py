@@ -110,7 +110,7 @@ class NativeEngine(Engine):
         gen = torch.Generator().manual_seed(0)
         pixels = torch.rand(batch, 3, size, size, generator=gen)
         groups = self.age_groups
-        ages = torch.tensor([float(groups[i % len(groups)].low + 1) for i in range(batch)], dtype=torch.float64)
+        ages = torch.tensor([groups[i % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64)
         targets = self.adapter.validate_ages(self.config, ages)
         options = self.adapter.validate_options(self.config, batch, {})
         return pixels, targets, gen, options

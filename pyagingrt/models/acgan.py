@@ -173,7 +173,9 @@ class AcGANAdapter(ModelAdapter):
             return ((out.float() + 1) / 2).clamp_(0, 1)  # [B, 3, S, S]
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def convert_official(self, path: Path, config_name: str | None = None) -> tuple[Any, dict[str, Tensor]]:
+    def convert_official(
+        self, path: Path, config_name: str | None = None, **load_options: Any
+    ) -> tuple[Any, dict[str, Tensor]]:
         """Official ``{n:05d}_netG.pth`` (export/checkpoints/acgan.py) -> (config, Generator state dict).
 
         Without ``config_name`` the paper config (224 crop) with the sizes inferred from the weights.

@@ -162,7 +162,9 @@ class AgeFlowAdapter(ModelAdapter):
         return super().flops_per_image(module, config)
 
     # --- checkpoints ---------------------------------------------------------------------------------------
-    def convert_official(self, path: Path, config_name: str | None = None) -> tuple[AgeFlowConfig, dict[str, Tensor]]:
+    def convert_official(
+        self, path: Path, config_name: str | None = None, **load_options: Any
+    ) -> tuple[AgeFlowConfig, dict[str, Tensor]]:
         """Official ``generator-*`` flow -> (config, state dict); T / prior / D at init (see the class doc)."""
         from ..export.checkpoints.ageflow import convert_official_ageflow
 

@@ -31,6 +31,11 @@ class AgeGroup:
     high: float
     label: str
 
+    def representative_age(self) -> float:
+        """A whole-year age well inside the group (benchmarks and warm-up use it)."""
+        high = self.low + 10 if math.isinf(self.high) else self.high
+        return float(math.floor((self.low + high) / 2))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -122,18 +127,21 @@ class ModelAdapter(ABC):
             Tensor[B, 3, S, S] float in [0, 1] (or Tensor[B, K, 3, S, S] for PADA with num_samples K > 1).
         """
 
-    def attach(self, module: nn.Module, config: Any, **load_options: Any) -> None:
-        """Load the extra weights named by ``load_options`` (e.g. CUSP ``dex=``, PADA ``clip=``) into module."""
-        known = {o.name for o in self.load_options}
-        unknown = sorted(set(load_options) - known)
-        if unknown:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise InputError(f"load() for {self.name} does not take {', '.join(unknown)}; allowed: {allowed}")
+    def attach(self, module: nn.Module, config: Any, **load_options: Any) -> None:  # noqa: B027 (optional hook)
+        """Load the extra weights named by ``load_options`` (e.g. CUSP ``dex=``, PADA ``clip=``) into module.
+
+        load() has already refused options not in ``load_options``; options used only by the converter
+        (PADA ``latent=``) arrive here too and are ignored."""
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @abstractmethod
-    def convert_official(self, path: Path, config_name: str | None = None) -> tuple[Any, dict[str, Tensor]]:
+    def convert_official(
+        self, path: Path, config_name: str | None = None, **load_options: Any
+    ) -> tuple[Any, dict[str, Tensor]]:
         """Read an official checkpoint (see the spec's layout) and return (config, state_dict of ``build``).
+
+        ``load_options`` are the extra keyword arguments given to load() (e.g. CUSP ``dex=``, PADA
+        ``latent=``); a converter uses the ones it needs and ignores the rest.
 
         Raise CheckpointError naming missing / unexpected / mis-shaped keys; never execute code from the file.
         """
@@ -146,7 +154,7 @@ class ModelAdapter(ABC):
 
         size = self.input_size(config)
         images = torch.rand(1, 3, size, size)
-        targets = self.validate_ages(config, torch.tensor([float(self.age_groups(config)[-1].low)]))
+        targets = self.validate_ages(config, torch.tensor([self.age_groups(config)[-1].representative_age()]))
         options = self.validate_options(config, 1, {})
         gen = torch.Generator().manual_seed(0)
         with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -3,6 +3,8 @@ N batches of 1, the native backend's CPU rewrites match the torch backend, and a
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -27,14 +29,16 @@ def call(engine: pyagingrt.Engine, x: torch.Tensor, ages) -> torch.Tensor:
 
 def ages_for(engine: pyagingrt.Engine, n: int) -> list[float]:
     groups = engine.age_groups
-    return [float(groups[(i * 3 + 1) % len(groups)].low) for i in range(n)]
+    return [groups[(i * 3 + 1) % len(groups)].representative_age() for i in range(n)]
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_save_load_roundtrip_is_bit_identical(model, tmp_path):
     eng = tiny(model)
     path = eng.save(tmp_path / f"{model}.safetensors")
-    again = pyagingrt.load(path, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # PADA: the checkpoint holds no CLIP
+        again = pyagingrt.load(path, device="cpu")
     assert again.model == model
     a, b = eng.state_dict(), again.state_dict()
     assert a.keys() == b.keys()

@@ -1,0 +1,262 @@
+"""AcGAN's native runner: the generator rewritten for inference (specs/acgan.md section 9).
+
+Rewrites, each exact in real arithmetic (fp32 results differ from the torch backend only by rounding order):
+
+1. **Split stem** (spec 9 item 5). The stem conv is linear in its 3 + c_dim input channels and the condition
+   channels hold a one-hot code that is constant over the image, so
+   ``conv(cat(x, tile(c)), W) = conv(x, W[:, :3]) + R[group]`` with ``R[k] = conv(ones, W[:, 3 + k])``,
+   precomputed once per group at build time (:func:`condition_responses`). R is a constant per channel
+   plus a 3-pixel frame where zero padding cuts the 7x7 kernel; it is *not* folded into a bias, since the
+   next InstanceNorm removes any per-channel constant and the frame is all the conditioning there is.
+   Default on CPU, where it cuts the stem's K from 392 to 147. On CUDA the 8-channel stem is kept: fp16
+   NHWC tensor-core convolutions pad the input channels to a multiple of 8 anyway, so the split saves no
+   MMA work there while its response add costs one more pass over the [B, d, S, S] stem output
+   (it would pay off only inside a custom conv epilogue; not measured, see ``split_stem``).
+2. **InstanceNorm folded to one per-(sample, channel) affine**: with mu, var the biased statistics over
+   H x W, IN(y) = gamma * (y - mu) / sqrt(var + eps) + beta = s * y + t, s = gamma / sqrt(var + eps),
+   t = beta - mu * s. Statistics, s and t are fp32 whatever the activation dtype (spec 8 item 9); the apply
+   ``y * s + t`` runs as one in-place addcmul computed in fp32 and stored in the activation dtype, then the
+   ReLU in place. The residual tail ``x + IN(y)`` reuses the branch buffer.
+3. **Merged heads** (spec 9 item 4): img_reg (64 -> 3) and attention_reg (64 -> 1) read the same features
+   with the same 7x7 geometry, so one 64 -> 4 conv with the two weights stacked computes the same dot
+   products in one pass. tanh / sigmoid and Eq. (1) then run in fp32 through the model's
+   :func:`~pyagingrt.training.models.acgan.mask_blend` (A == 1 gives x and A == 0 gives C bitwise), against
+   the fp32 input x, so kept pixels are the input's exactly in every precision.
+4. **Precision and layout**: conv weights in the engine dtype (fp16/bf16 on CUDA, fp32 on CPU), IN affine
+   parameters and statistics in fp32, ``channels_last`` on CUDA (cuDNN's NHWC tensor-core kernels).
+5. **Graph-safe forward**: ``prepare`` validates on the host and returns the [B, 3, S, S] images and [B]
+   group indices; ``forward`` only launches device work (table gathers by index_select, no one_hot, no
+   syncs), so the whole generator is captured in one CUDA graph per batch bucket.
+
+Not done: the transposed convs stay conv_transpose2d. cuDNN and oneDNN compute them as the data gradient of
+a convolution, without zero insertion, so the four 2x2 phase convolutions of spec 9 item 6 would save no
+FLOPs with library kernels; they pay off only in a custom kernel that also fuses the IN prologue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..training.models.acgan import Generator, ResidualBlock, mask_blend, tile_condition
+from .runner import NativeRunner
+
+
+@dataclass
+class _NormParams:
+    """An InstanceNorm's affine parameters, fp32, shaped [1, C, 1, 1] to broadcast over [B, C, H, W]."""
+
+    gamma: Tensor  # [1, C, 1, 1]
+    beta: Tensor  # [1, C, 1, 1]
+    eps: float
+
+
+@dataclass
+class _ConvNorm:
+    """conv (or transposed conv) -> InstanceNorm -> ReLU; weight in the engine dtype and layout."""
+
+    weight: Tensor  # conv [Cout, Cin, k, k]; transposed conv [Cin, Cout, k, k]
+    stride: int
+    padding: int
+    transposed: bool
+    norm: _NormParams
+
+    def conv(self, h: Tensor) -> Tensor:
+        if self.transposed:
+            return F.conv_transpose2d(h, self.weight, stride=self.stride, padding=self.padding)  # [B, Cout, 2H, 2W]
+        return F.conv2d(h, self.weight, stride=self.stride, padding=self.padding)  # [B, Cout, H', W']
+
+
+def fold_instance_norm(h: Tensor, norm: _NormParams) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) scale s and shift t with IN(h) = s * h + t, computed in fp32.
+
+    Args:
+        h: Tensor[B, C, H, W] activations in any float dtype.
+        norm: the layer's gamma, beta (fp32) and eps.
+
+    Returns:
+        (s, t), each float32 Tensor[B, C, 1, 1]; biased variance over H x W, as nn.InstanceNorm2d.
+    """
+    var, mean = torch.var_mean(h, dim=(2, 3), keepdim=True, correction=0)  # [B, C, 1, 1] fp32 each
+    scale = norm.gamma * torch.rsqrt(var + norm.eps)  # [B, C, 1, 1]
+    shift = norm.beta - mean * scale  # [B, C, 1, 1]
+    return scale, shift
+
+
+def instance_norm_(h: Tensor, norm: _NormParams, relu: bool) -> Tensor:
+    """InstanceNorm (then ReLU) of h in place: h <- s * h + t in fp32 math, stored in h's dtype.
+
+    Args:
+        h: Tensor[B, C, H, W] (any float dtype and memory format); overwritten.
+
+    Returns:
+        h.
+    """
+    scale, shift = fold_instance_norm(h, norm)  # [B, C, 1, 1] fp32 each
+    torch.addcmul(shift, h, scale, out=h)  # [B, C, H, W]; mixed dtypes compute in fp32
+    if relu:
+        h.relu_()  # [B, C, H, W]
+    return h
+
+
+def condition_responses(generator: Generator) -> Tensor:
+    """The stem's response to each group's tiled one-hot code: float32 Tensor[c_dim, d, S, S].
+
+    Uses the model's own :meth:`Generator.condition_response` (fp32 math), one plane set per group.
+    """
+    groups = range(generator.config.c_dim)
+    return torch.stack([generator.condition_response(k) for k in groups])  # [c_dim, d, S, S]
+
+
+def merged_head_weight(generator: Generator) -> Tensor:
+    """img_reg (3 rows) then attention_reg (1 row) stacked: Tensor[4, d, 7, 7]."""
+    color = generator.img_reg[0].weight  # [3, d, 7, 7]
+    attention = generator.attention_reg[0].weight  # [1, d, 7, 7]
+    return torch.cat([color, attention], dim=0)  # [4, d, 7, 7]
+
+
+def blend_heads(x: Tensor, heads: Tensor) -> Tensor:
+    """Eq. (1) from the merged heads' pre-activations, in fp32.
+
+    Args:
+        x: float32 Tensor[B, 3, S, S] input image in [-1, 1].
+        heads: Tensor[B, 4, S, S] conv outputs (rows 0-2: colour, row 3: attention), any float dtype/layout.
+
+    Returns:
+        float32 Tensor[B, 3, S, S]: A * x + (1 - A) * C with C = tanh(rows 0-2), A = sigmoid(row 3).
+    """
+    heads = heads.to(torch.float32, memory_format=torch.contiguous_format)  # [B, 4, S, S]
+    color = torch.tanh(heads[:, :3])  # [B, 3, S, S]
+    attention = torch.sigmoid(heads[:, 3:])  # [B, 1, S, S]
+    return mask_blend(x, attention, color)  # [B, 3, S, S]
+
+
+def _norm_params(module: nn.Module) -> _NormParams:
+    if not isinstance(module, nn.InstanceNorm2d) or module.weight is None:
+        raise TypeError(f"expected an affine InstanceNorm2d after each generator conv, found {type(module).__name__}")
+    gamma = module.weight.detach().float().view(1, -1, 1, 1)  # [1, C, 1, 1]
+    beta = module.bias.detach().float().view(1, -1, 1, 1)  # [1, C, 1, 1]
+    return _NormParams(gamma, beta, float(module.eps))
+
+
+class AcGANRunner(NativeRunner):
+    """The AcGAN generator as a list of folded layers (see the module docstring for each rewrite).
+
+    Keyword options (defaults by device; tests set them to run the CUDA choices on CPU):
+        split_stem: 3-channel stem plus precomputed per-group responses (default: CPU) or the 8-channel stem.
+        channels_last: NHWC activations and weights (default: CUDA).
+    """
+
+    def __init__(
+        self,
+        adapter,
+        module: nn.Module,
+        config: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        split_stem: bool | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__(adapter, module, config, device, dtype)
+        if not isinstance(module, Generator):
+            raise TypeError(f"AcGANRunner needs the AcGAN Generator, got {type(module).__name__}")
+        self.split_stem = device.type != "cuda" if split_stem is None else split_stem
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        with torch.no_grad():
+            self._build(module)
+
+    # --- build ---------------------------------------------------------------------------------------------
+    def _weight(self, w: Tensor) -> Tensor:
+        w = w.detach().to(device=self.device, dtype=self.dtype)
+        return w.contiguous(memory_format=torch.channels_last) if self.channels_last else w.contiguous()
+
+    def _build(self, generator: Generator) -> None:
+        layers = list(generator.main)
+        pairs = [(m, layers[i + 1]) for i, m in enumerate(layers) if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+        stem_conv, stem_norm = pairs[0]  # the residual blocks' convs are not direct children of main
+        stem_weight = stem_conv.weight  # [d, 3 + c_dim, 7, 7]
+        self.stem_weight = self._weight(stem_weight[:, :3] if self.split_stem else stem_weight)
+        self.stem_norm = _norm_params(stem_norm)
+        # Split stem: per-group response table [c_dim, d, S, S], kept fp32 and added in fp32 math.
+        # 8-channel stem: one-hot rows gathered from an identity matrix (no data-dependent one_hot in forward).
+        self.responses = condition_responses(generator).to(self.device) if self.split_stem else None
+        self.eye = torch.eye(self.config.c_dim, device=self.device)  # [c_dim, c_dim]
+        self.encoder = [self._conv_norm(conv, norm) for conv, norm in pairs[1:] if isinstance(conv, nn.Conv2d)]
+        self.decoder = [self._conv_norm(conv, norm) for conv, norm in pairs[1:] if isinstance(conv, nn.ConvTranspose2d)]
+        self.blocks = [
+            (self._conv_norm(block.main[0], block.main[1]), self._conv_norm(block.main[3], block.main[4]))
+            for block in layers
+            if isinstance(block, ResidualBlock)
+        ]
+        self.head_weight = self._weight(merged_head_weight(generator))  # [4, d, 7, 7]
+
+    def _conv_norm(self, conv: nn.Module, norm: nn.Module) -> _ConvNorm:
+        params = _norm_params(norm)
+        return _ConvNorm(
+            weight=self._weight(conv.weight),
+            stride=int(conv.stride[0]),
+            padding=int(conv.padding[0]),
+            transposed=isinstance(conv, nn.ConvTranspose2d),
+            norm=_NormParams(params.gamma.to(self.device), params.beta.to(self.device), params.eps),
+        )
+
+    # --- the NativeRunner contract -------------------------------------------------------------------------
+    def prepare(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator | None, options: dict[str, Any]
+    ) -> dict[str, Tensor]:
+        """Validate on the host (syncs are fine here) and return {"images": float32 Tensor[B, 3, S, S] in [0, 1],
+        "groups": int64 Tensor[B]} on the runner's device. ``generator`` is unused (AcGAN samples nothing)."""
+        size, c_dim = self.config.image_size, self.config.c_dim
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise InputError(
+                f"AcGAN ({size}x{size} config) needs images of shape [B, 3, {size}, {size}], got "
+                f"{tuple(images.shape)}; its conditioning depends on the crop size, so resize/align to {size} first"
+            )
+        if targets.shape != images.shape[:1] or targets.is_floating_point():
+            raise InputError(
+                f"need one integer age group per image: {images.shape[0]} images, targets {targets.dtype} of shape "
+                f"{tuple(targets.shape)}; map ages with adapter.validate_ages first"
+            )
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c_dim):
+            raise InputError(f"AcGAN age groups must lie in [0, {c_dim - 1}], got {targets.tolist()}")
+        return {
+            "images": images.to(self.device, torch.float32),  # [B, 3, S, S]
+            "groups": targets.to(self.device, torch.int64),  # [B]
+        }
+
+    def forward(self, inputs: dict[str, Tensor], options: dict[str, Any]) -> Tensor:
+        """images [B, 3, S, S] in [0, 1] and groups [B] -> aged images float32 Tensor[B, 3, S, S] in [0, 1]."""
+        x = inputs["images"] * 2 - 1  # [B, 3, S, S] fp32 in [-1, 1], as the torch backend computes it
+        h = self._stem(x, inputs["groups"])  # [B, d, S, S]
+        h = instance_norm_(h, self.stem_norm, relu=True)  # [B, d, S, S]
+        for layer in self.encoder:
+            h = instance_norm_(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, 4d, S/4, S/4]
+        for first, second in self.blocks:
+            r = instance_norm_(first.conv(h), first.norm, relu=True)  # [B, 4d, S/4, S/4]
+            r = instance_norm_(second.conv(r), second.norm, relu=False)  # [B, 4d, S/4, S/4]
+            h = r.add_(h)  # [B, 4d, S/4, S/4]: x + IN(conv(...)), no activation after the sum
+        for layer in self.decoder:
+            h = instance_norm_(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, d, S, S]
+        heads = F.conv2d(h, self.head_weight, padding=3)  # [B, 4, S, S]
+        out = blend_heads(x, heads)  # [B, 3, S, S] fp32 in [-1, 1]
+        return out.add_(1).mul_(0.5).clamp_(0, 1)  # [B, 3, S, S]; * 0.5 == / 2 exactly
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def _layout(self, h: Tensor) -> Tensor:
+        h = h.to(self.dtype)  # [B, C, H, W]
+        return h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
+
+    def _stem(self, x: Tensor, groups: Tensor) -> Tensor:
+        """The stem conv without its norm: Tensor[B, d, S, S] in the engine dtype."""
+        if self.split_stem:
+            h = F.conv2d(self._layout(x), self.stem_weight, padding=3)  # [B, d, S, S]
+            return h.add_(self.responses.index_select(0, groups))  # [B, d, S, S]; fp32 add, stored in h's dtype
+        condition = self.eye.index_select(0, groups)  # [B, c_dim] one-hot
+        stem_in = self._layout(tile_condition(x, condition))  # [B, 3 + c_dim, S, S]
+        return F.conv2d(stem_in, self.stem_weight, padding=3)  # [B, d, S, S]
