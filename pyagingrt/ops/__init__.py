@@ -3,5 +3,5 @@
 from __future__ import annotations
 
 from .ddim_step import ddim_step
+from .inv_conv1x1 import inv_conv1x1
 
-__all__ = ["ddim_step"]
