@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, MediaError, OutputError
+from ..errors import AgingError, InputError, MediaError, OutputError
 from .detect import FaceDetector, get_detector
 from .faces import AgingEngine, FacePipeline, run_engine
 from .media import atomic_output
@@ -129,9 +129,16 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
     return _END
 
 
-def open_video(path: Path) -> Any:
-    import av
+def _av() -> Any:
+    try:
+        import av
+    except ImportError as exc:
+        raise AgingError("video needs PyAV: pip install av (or pip install 'pyagingrt[video]')") from exc
+    return av
 
+
+def open_video(path: Path) -> Any:
+    av = _av()
     if not path.is_file():
         raise MediaError(f"{path} does not exist or is not a file")
     try:
@@ -161,9 +168,9 @@ def age_video(
     Track t's faces are aged with seed ``seed + t``, so a stochastic model gives a face the same noise in
     every frame. Returns the per-stage times.
     """
-    import av
     from tqdm import tqdm
 
+    av = _av()
     options = dict(options or {})
     if options.get("num_samples", 1) != 1:
         raise InputError("a video takes one sample per face; leave --samples out")
