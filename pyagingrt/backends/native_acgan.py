@@ -82,7 +82,7 @@ def fold_instance_norm(h: Tensor, norm: _NormParams) -> tuple[Tensor, Tensor]:
     Returns:
         (s, t), each float32 Tensor[B, C, 1, 1]; biased variance over H x W, as nn.InstanceNorm2d.
     """
-    var, mean = torch.var_mean(h, dim=(2, 3), keepdim=True, correction=0)  # [B, C, 1, 1] fp32 each
+    var, mean = torch.var_mean(h.float(), dim=(2, 3), keepdim=True, correction=0)  # [B, C, 1, 1] fp32 each
     scale = norm.gamma * torch.rsqrt(var + norm.eps)  # [B, C, 1, 1]
     shift = norm.beta - mean * scale  # [B, C, 1, 1]
     return scale, shift
