@@ -183,7 +183,9 @@ def run_bench(
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """format(v, spec), or a right-aligned "-" of the same width for a missing value."""
+    width = int(spec.split(".")[0] or 0) if spec[0].isdigit() else 0
+    return f"{'-':>{width}}" if v is None else format(v, spec)
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
@@ -209,7 +211,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
                 speedup = f"x{r.ms_per_batch / best_native.ms_per_batch:.2f}"
             lines.append(
                 f"  {name:<16}{_fmt(r.ms_per_batch, '11.3f')}{_fmt(r.images_per_s, '11.1f')}"
-                f"{_fmt(r.tflops, '10.3f')}{_fmt(r.pct_of_peak, '8.1f')}{_fmt(r.build_s, '9.1f')}  {speedup}"
+                f"{_fmt(r.tflops, '10.3g')}{_fmt(r.pct_of_peak, '8.1f')}{_fmt(r.build_s, '9.1f')}  {speedup}"
             )
     return "\n".join(lines)
 
