@@ -47,10 +47,12 @@ def modulated_conv2d(
         return torch.ops.agingrt.modulated_conv2d(
             x, weight, styles, bool(demodulate), int(padding), int(up), float(eps), q
         )
-    if q is None:
+    if q is None and styles.dtype == x.dtype:
         return _oracle(x, weight, styles, demodulate, padding, up, eps)
-    y = _oracle(x, weight, styles, False, padding, up, eps)  # [B, O, H', W']
+    # float32 styles with half x (the native op's contract): the conv runs in x's dtype, d in styles' dtype
+    y = _oracle(x, weight, styles.to(x.dtype), False, padding, up, eps)  # [B, O, H', W']
     if not demodulate:
         return y
+    q = weight.to(styles.dtype).square().sum(dim=(2, 3)) if q is None else q  # [O, I]
     d = (styles.square() @ q.t() + eps).rsqrt()  # [B, O]
-    return y * d[:, :, None, None].to(y.dtype)
+    return y * d[:, :, None, None].to(y.dtype)  # [B, O, H', W']

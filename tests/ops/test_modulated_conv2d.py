@@ -78,6 +78,16 @@ class TestModulatedConv2d:
         ulp = HALF_EPS[dtype] * want.abs().max().item()
         assert (got - want).abs().max() <= 2 * (base - want).abs().max() + ulp
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_torch_impl_takes_the_same_mixed_dtypes(self, dtype):
+        # half x with float32 styles is the native contract; the oracle path must accept it too
+        x, w, s = make_inputs(2, 8, 4, (6, 6), 3, dtype)
+        got = modulated_conv2d(x, w, s, True, 1, 1, impl="torch")
+        assert got.dtype == dtype
+        want = reference(x, w, s, True, 1, 1)
+        # one rounding of x*s, the half conv's own error, one rounding of y*d: a few ulps of the output scale
+        torch.testing.assert_close(got.double(), want, atol=4 * HALF_EPS[dtype] * want.abs().max().item(), rtol=0)
+
     @pytest.mark.parametrize("device", CPU_AND_CUDA)
     @pytest.mark.parametrize(("up", "padding", "k"), GEOMETRIES[:3])
     def test_channels_last_and_non_contiguous(self, device, up, padding, k):

@@ -36,6 +36,7 @@ inline bool aligned16(const void* p) {
 }
 
 // ---- guided ReLU backward ---------------------------------------------------------------------------
+// grad_in may alias grad_out, so g is not __restrict__.
 
 template <typename T>
 __device__ __forceinline__ T guided(T g, T a) {
@@ -43,7 +44,7 @@ __device__ __forceinline__ T guided(T g, T a) {
 }
 
 template <typename T>
-__global__ void guided_relu_kernel(const T* __restrict__ g, const T* __restrict__ a, T* out, int64_t n) {
+__global__ void guided_relu_kernel(const T* g, const T* __restrict__ a, T* out, int64_t n) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
         out[i] = guided(g[i], a[i]);
@@ -52,8 +53,7 @@ __global__ void guided_relu_kernel(const T* __restrict__ g, const T* __restrict_
 
 // 16-byte accesses (4 floats or 8 halves) for aligned pointers; the tail goes to guided_relu_kernel.
 template <typename T>
-__global__ void guided_relu_vec_kernel(const uint4* __restrict__ g, const uint4* __restrict__ a, uint4* out,
-                                       int64_t n_vec) {
+__global__ void guided_relu_vec_kernel(const uint4* g, const uint4* __restrict__ a, uint4* out, int64_t n_vec) {
     constexpr int kV = 16 / sizeof(T);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < n_vec; v += stride) {
@@ -146,8 +146,8 @@ __global__ void image_std_apply_kernel(float* data, int64_t hw, bool clip) {
         const double d = static_cast<double>(v[i]) - mean;
         ss += d * d;
     }
-    const double std = sqrt(block_sum(ss, shared) / static_cast<double>(hw - 1));
-    const float denom = static_cast<float>(clip ? 2.0 * std + 1e-15 : std + 1e-15);
+    const double sd = sqrt(block_sum(ss, shared) / static_cast<double>(hw - 1));
+    const float denom = static_cast<float>(clip ? 2.0 * sd + 1e-15 : sd + 1e-15);
     for (int64_t i = threadIdx.x; i < hw; i += kStatThreads) {
         const float q = v[i] / denom;
         v[i] = clip ? fminf(q, 1.0f) : q;
@@ -172,7 +172,7 @@ __global__ void blur_1d_kernel(const float* __restrict__ in, float* __restrict__
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
         const int64_t pos = along_rows ? i % w : (i % hw) / w;
         const int64_t k0 = pos < r ? r - pos : 0;
-        const int64_t k1 = min(2 * r, len - 1 - pos + r);
+        const int64_t k1 = len - 1 - pos + r < 2 * r ? len - 1 - pos + r : 2 * r;
         const float* src = in + i + (k0 - r) * step;
         float acc = 0.0f;
         for (int64_t k = k0; k <= k1; ++k, src += step) {

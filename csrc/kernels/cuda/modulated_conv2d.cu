@@ -37,6 +37,7 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
 
+// x and y may alias (the in-place y * d epilogue), so neither is __restrict__.
 // Index of the scale for element i: NCHW -> i / HW (the (b, c) row); NHWC -> b * C + i % C.
 template <bool kChannelsLast>
 __device__ __forceinline__ int64_t scale_index(int64_t i, int64_t hw, int64_t c) {
@@ -47,8 +48,8 @@ __device__ __forceinline__ int64_t scale_index(int64_t i, int64_t hw, int64_t c)
 }
 
 template <typename T, bool kChannelsLast>
-__global__ void scale_channels_kernel(const T* __restrict__ x, const float* __restrict__ scale, T* y, int64_t n,
-                                      int64_t hw, int64_t c) {
+__global__ void scale_channels_kernel(const T* x, const float* __restrict__ scale, T* y, int64_t n, int64_t hw,
+                                      int64_t c) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
         y[i] = from_float<T>(to_float(x[i]) * scale[scale_index<kChannelsLast>(i, hw, c)]);
@@ -58,8 +59,8 @@ __global__ void scale_channels_kernel(const T* __restrict__ x, const float* __re
 // 16 bytes per access (4 floats or 8 halves). The caller guarantees a vector never crosses a (b, c) row in
 // NCHW (HW % V == 0) and never crosses a pixel in NHWC (C % V == 0), and that the pointers are 16-byte aligned.
 template <typename T, bool kChannelsLast>
-__global__ void scale_channels_vec_kernel(const uint4* __restrict__ x, const float* __restrict__ scale, uint4* y,
-                                          int64_t n_vec, int64_t hw, int64_t c) {
+__global__ void scale_channels_vec_kernel(const uint4* x, const float* __restrict__ scale, uint4* y, int64_t n_vec,
+                                          int64_t hw, int64_t c) {
     constexpr int kV = 16 / sizeof(T);
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < n_vec; v += stride) {
