@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 from .ddim_step import ddim_step
+from .guided_backprop_mask import (
+    ChannelAffine,
+    guided_backprop_mask,
+    guided_backprop_mask_sequential,
+    guided_relu_backward,
+)
 from .inv_conv1x1 import inv_conv1x1
 from .masked_gaussian_blur import masked_gaussian_blur
+from .modulated_conv2d import modulated_conv2d
 
-__all__ = ["ddim_step", "inv_conv1x1", "masked_gaussian_blur"]
+__all__ = [
+    "ChannelAffine",
+    "ddim_step",
+    "guided_backprop_mask",
+    "guided_backprop_mask_sequential",
+    "guided_relu_backward",
+    "inv_conv1x1",
+    "masked_gaussian_blur",
+    "modulated_conv2d",
+]
