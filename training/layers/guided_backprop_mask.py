@@ -54,6 +54,8 @@ class GuidedReLU(nn.Module):
 
 def structure_mask(grad: Tensor, kernel_size: int, sigma: float) -> Tensor:
     """Eq. (1): reduce the input gradient G [B, C, H, W] to the mask M [B, 1, H, W] in [0, 1]."""
+    if grad.dtype in (torch.float16, torch.bfloat16):
+        grad = grad.float()  # the statistics need fp32: in fp16 the 1e-15 terms round to 0 and M can turn NaN
     a = grad.abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
     a = a / (a.flatten(1).std(dim=1)[:, None, None, None] + 1e-15)  # [B, 1, H, W]
     blurred = gaussian_blur(a, sigma, kernel_size)  # [B, 1, H, W]
@@ -74,7 +76,8 @@ def guided_backprop_mask(
     through. The result is detached.
     """
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
+        leaf = x.detach().requires_grad_(True)
+        xg = leaf.clone()  # differentiate at a non-leaf copy: FlopCounterMode cannot take grads at a leaf
         logits = net(xg)  # [B, classes]
         if reduce == "all":
             objective = logits.sum()
