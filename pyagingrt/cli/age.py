@@ -37,6 +37,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="model config, e.g. paper or tiny (default: the checkpoint's, else paper)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="(default: fp32)")
+    g.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "native"),
+        help="torch (the PyTorch reference) or native (rewritten engine, fp16 and CUDA graphs on a GPU) "
+        "(default: torch)",
+    )
+    g.add_argument("--dex", help="CUSP: DEX VGG-16 weights, when the snapshot carries none (default: none)")
+    g.add_argument("--clip", help="PADA: CLIP directory in Hugging Face layout (default: none = random CLIP)")
+    g.add_argument("--latent", help="PADA: DiffAE latent.pkl when converting a .ckpt (default: beside it)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw; same seed, same result (default: 0)")
     g.add_argument(
         "--face",
@@ -59,11 +69,17 @@ def load_engine(args: argparse.Namespace) -> Any:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"checkpoint {checkpoint} does not exist or is not a file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)
+    extra = {k: getattr(args, k) for k in ("dex", "clip", "latent") if getattr(args, k, None) is not None}
+    common = {"device": args.device, "precision": args.precision, "config": args.config, "backend": args.backend}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pyagingrt.RandomWeightsWarning)
         if args.model is None:
-            return pyagingrt.load(checkpoint, device=args.device, precision=args.precision, config=args.config)
-        return pyagingrt.load(args.model, checkpoint, device=args.device, precision=args.precision, config=args.config)
+            engine = pyagingrt.load(checkpoint, **common, **extra)
+        else:
+            engine = pyagingrt.load(args.model, checkpoint, **common, **extra)
+    for w in caught:  # e.g. PADA without --clip: say so, on one line, but go on
+        print(f"agingrt: warning: {w.message}", file=sys.stderr)
+    return engine
 
 
 def check_ages(engine: Any, ages: list[float]) -> None:
