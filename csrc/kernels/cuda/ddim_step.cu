@@ -6,6 +6,9 @@
 
 #include "kernels/ddim_step.h"
 
+#include "common/cuda_convert.cuh"
+#include "common/cuda_launch.cuh"
+
 namespace agingrt {
 namespace {
 
@@ -13,16 +16,6 @@ struct DdimCoefs {
     float a, b, c, e;
     bool clip;
 };
-
-__device__ __forceinline__ float to_float(float v) {
-    return v;
-}
-__device__ __forceinline__ float to_float(__half v) {
-    return __half2float(v);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
 
 __device__ __forceinline__ float ddim_update(float x, float eps, const DdimCoefs& k) {
     const float ax = k.a * x;
@@ -54,15 +47,6 @@ __global__ void ddim_step_kernel_vec4(const float4* __restrict__ x_t, const floa
         x_prev[i] = make_float4(ddim_update(x.x, e.x, k), ddim_update(x.y, e.y, k), ddim_update(x.z, e.z, k),
                                 ddim_update(x.w, e.w, k));
     }
-}
-
-inline bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
-
-int grid_for(int64_t n, int threads) {
-    const int64_t blocks = (n + threads - 1) / threads;
-    return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);  // grid-stride covers the rest
 }
 
 }  // namespace

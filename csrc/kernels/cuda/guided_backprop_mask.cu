@@ -13,27 +13,11 @@
 
 #include "kernels/guided_backprop_mask.h"
 
+#include "common/cuda_convert.cuh"
+#include "common/cuda_launch.cuh"
+
 namespace agingrt {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) {
-    return v;
-}
-__device__ __forceinline__ float to_float(__half v) {
-    return __half2float(v);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
-
-int grid_for(int64_t n, int threads) {
-    const int64_t blocks = (n + threads - 1) / threads;
-    return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);  // grid-stride covers the rest
-}
-
-inline bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
 
 // ---- guided ReLU backward ---------------------------------------------------------------------------
 // grad_in may alias grad_out, so g is not __restrict__.

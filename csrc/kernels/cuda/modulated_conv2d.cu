@@ -9,33 +9,11 @@
 
 #include "kernels/modulated_conv2d.h"
 
+#include "common/cuda_convert.cuh"
+#include "common/cuda_launch.cuh"
+
 namespace agingrt {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) {
-    return v;
-}
-__device__ __forceinline__ float to_float(__half v) {
-    return __half2float(v);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-    return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-    return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
 
 // x and y may alias (the in-place y * d epilogue), so neither is __restrict__.
 // Index of the scale for element i: NCHW -> i / HW (the (b, c) row); NHWC -> b * C + i % C.
@@ -74,15 +52,6 @@ __global__ void scale_channels_vec_kernel(const uint4* x, const float* __restric
         }
         y[v] = raw;
     }
-}
-
-int grid_for(int64_t n, int threads) {
-    const int64_t blocks = (n + threads - 1) / threads;
-    return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);  // grid-stride covers the rest
-}
-
-inline bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
 template <typename T, bool kChannelsLast>
