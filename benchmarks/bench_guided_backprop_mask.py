@@ -1,6 +1,6 @@
 """Micro-benchmark: the guided-backprop mask ops vs their torch oracles on CUSP/DEX shapes (GPU only).
 
-    python benchmarks/bench_guided_backprop_mask.py [--compile]
+    python -m benchmarks.bench_guided_backprop_mask [--compile]
 
 Both ops are memory-bound, so each row reports the median time and the achieved GB/s of the bytes the op
 must move at least (guided_relu_backward: read g and act, write g_in; guided_backprop_mask: read G, write
@@ -10,10 +10,11 @@ M), next to a device-to-device copy measured in the same run. Results are checke
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
+from benchmarks._cuda_timing import copy_bandwidth_gbs
+from benchmarks._cuda_timing import time_cuda_ms as time_ms
 from pyagingrt._extension import native_cuda_available
 from pyagingrt.training.layers.guided_backprop_mask import guided_relu_backward, structure_mask
 
@@ -21,30 +22,6 @@ from pyagingrt.training.layers.guided_backprop_mask import guided_relu_backward,
 RELU_CASES = [(1, 64, 224, 224), (8, 64, 224, 224), (8, 512, 28, 28)]
 MASK_CASES = [(1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)]
 KERNEL_SIZE, SIGMA = 29, 4.85  # specs/cusp.md section 3.6, paper224
-
-
-def time_ms(fn, iters: int = 50, warmup: int = 5) -> float:
-    """Median CUDA-event time of fn(); L2 is flushed (a 128 MB write) before each timed call."""
-    flush = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy of 512 MB: read + write bytes per second."""
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / time_ms(lambda: dst.copy_(src), iters=10) / 1e6
 
 
 def report(name: str, shape: tuple[int, ...], nbytes: int, rows: list[tuple[str, float]]) -> None:

@@ -1,6 +1,6 @@
 """Micro-benchmark: torch.ops.agingrt.modulated_conv2d vs the same maths in torch, on CUSP decoder shapes (GPU only).
 
-    python benchmarks/bench_modulated_conv2d.py [--dtype float16] [--compile]
+    python -m benchmarks.bench_modulated_conv2d [--dtype float16] [--compile]
 
 The op is compute-bound (one implicit-GEMM conv), so each row reports the median time and TFLOP/s
 (2 * B * O * I * kh * kw * H_in * W_in for up=2, counted on the input grid as specs/cusp.md section 3.7
@@ -13,11 +13,12 @@ Results are checked against the torch composition before timing.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks._cuda_timing import copy_bandwidth_gbs
+from benchmarks._cuda_timing import time_cuda_ms as time_ms
 from pyagingrt._extension import native_cuda_available
 from pyagingrt.training.layers.modulated_conv2d import modulated_conv2d as torch_modconv
 
@@ -28,30 +29,6 @@ CASES = [
     ("b112 conv0 (up)", 8, 640, 292, 56, 2, 0),
     ("b224 conv1", 8, 146, 146, 224, 1, 1),
 ]
-
-
-def time_ms(fn, iters: int = 30, warmup: int = 5) -> float:
-    """Median CUDA-event time of fn(); L2 is flushed (a 128 MB write) before each timed call."""
-    flush = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy of 512 MB: read + write bytes per second."""
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / time_ms(lambda: dst.copy_(src), iters=10) / 1e6
 
 
 def main() -> None:
