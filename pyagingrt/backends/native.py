@@ -94,6 +94,9 @@ class NativeEngine(Engine):
         # The fp32 module stays the master copy (save(), folding); the runner holds the converted weights.
         super().__init__(adapter, config, module, device, torch.float32, config_name=config_name, source=source)
         self.dtype = dtype
+        if device.type == "cuda":
+            # cuDNN autotuning happens while the engine is built (warm-up and graph capture run every shape once).
+            torch.backends.cudnn.benchmark = True
         self.runner = runner_class(adapter.name)(adapter, self.module, config, device, dtype)
         graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self.graphs = GraphCache(device, buckets) if graphs else None
@@ -123,15 +126,26 @@ class NativeEngine(Engine):
         out = self._run_eager(pixels, targets, gen, options)
         if bool(torch.isfinite(out).all()):
             return
-        probe = getattr(self.runner, "module", None)
-        layer = None
-        if isinstance(probe, nn.Module):
-            layer = first_nonfinite_layer(probe, lambda: self._run_eager(pixels, targets, gen, options))
-        where = f" first at layer {layer!r}" if layer else ""
         raise NumericalError(
-            f"the {self.precision} native {self.model} engine overflows (NaN/Inf){where}; use precision='fp32' "
-            "(or 'bf16')"
+            f"the {self.precision} native {self.model} engine overflows (NaN/Inf){self._locate_overflow(pixels)}; "
+            "use precision='fp32' (or 'bf16')"
         )
+
+    def _locate_overflow(self, pixels: Tensor) -> str:
+        """Where the overflow starts: runners hold folded weights, not layers, so run the training/ module
+        in the engine's precision with a hook on every layer and name the first one whose output is not finite."""
+        import copy
+
+        probe = copy.deepcopy(self.module).to(self.dtype)
+        _, targets, gen, options = self._sample_batch(1)
+        with torch.no_grad():
+            layer = first_nonfinite_layer(
+                probe,
+                lambda: self.adapter.run(probe, pixels.to(self.device), targets.to(self.device), gen, options),
+            )
+        if layer is None:
+            return f" (the torch model in {self.precision} stays finite: the native rewrite itself overflows)"
+        return f", first at layer {layer!r} of the model in {self.precision}"
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         """Capture (GPU) or run once (CPU) the given batch sizes with default options."""

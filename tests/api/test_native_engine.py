@@ -92,3 +92,25 @@ def test_native_fp16_graphs_match_torch_fp32():
     eng = load(device="cuda", backend="native", precision="fp16")
     x = torch.rand(3, 3, 8, 8, device="cuda")
     torch.testing.assert_close(eng.age(x, 40), ref.age(x, 40), atol=2e-3, rtol=0)
+
+
+@pytest.mark.usefixtures("toy")
+def test_overflow_at_build_names_the_layer():
+    eng = load(device="cpu")
+    with torch.no_grad():
+        eng.module.conv.weight.fill_(3e38)  # finite in fp32, but the conv sum overflows to inf
+
+    class Overflowing(GenericRunner):
+        def forward(self, inputs, options):
+            return super().forward(inputs, options) * float("inf")
+
+    native = NativeEngine.__new__(NativeEngine)
+    native.__dict__.update(eng.__dict__)
+    native.dtype = torch.bfloat16
+    native.runner = Overflowing(eng.adapter, eng.module, eng.config, eng.device, torch.bfloat16)
+    with pytest.raises(pyagingrt.NumericalError, match=r"overflows.*first at layer 'conv'"):
+        native._check_finite()
+    with torch.no_grad():
+        eng.module.conv.weight.fill_(0.1)
+    with pytest.raises(pyagingrt.NumericalError, match="the native rewrite itself overflows"):
+        native._check_finite()
