@@ -109,6 +109,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(_dedupe_shared(tensors), tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -116,6 +117,12 @@ def save_checkpoint(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _dedupe_shared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
