@@ -12,11 +12,10 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    NHWC tensor-core convolutions pad the input channels to a multiple of 8 anyway, so the split saves no
    MMA work there while its response add costs one more pass over the [B, d, S, S] stem output
    (it would pay off only inside a custom conv epilogue; not measured, see ``split_stem``).
-2. **InstanceNorm folded to one per-(sample, channel) affine**: with mu, var the biased statistics over
-   H x W, IN(y) = gamma * (y - mu) / sqrt(var + eps) + beta = s * y + t, s = gamma / sqrt(var + eps),
-   t = beta - mu * s. Statistics, s and t are fp32 whatever the activation dtype (spec 8 item 9); the apply
-   ``y * s + t`` runs as one in-place addcmul computed in fp32 and stored in the activation dtype, then the
-   ReLU in place. The residual tail ``x + IN(y)`` reuses the branch buffer.
+2. **Fused InstanceNorm + ReLU**: IN is GroupNorm with G = C, so each IN (+ ReLU) is one
+   ``agingrt::group_norm_act`` (:func:`instance_norm_act`): biased statistics over H x W in fp32 whatever the
+   activation dtype (spec 8 item 9), then ``act((y - mu) * (gamma * rstd) + beta)`` in fp32, stored once in
+   the activation dtype and layout. The residual tail ``x + IN(y)`` adds in place into the IN output.
 3. **Merged heads** (spec 9 item 4): img_reg (64 -> 3) and attention_reg (64 -> 1) read the same features
    with the same 7x7 geometry, so one 64 -> 4 conv with the two weights stacked computes the same dot
    products in one pass. tanh / sigmoid and Eq. (1) then run in fp32 through the model's
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..ops.group_norm_act import group_norm_act
 from ..training.models.acgan import Generator, ResidualBlock, mask_blend, tile_condition
 from .runner import NativeRunner
 
@@ -72,36 +72,19 @@ class _ConvNorm:
         return F.conv2d(h, self.weight, stride=self.stride, padding=self.padding)  # [B, Cout, H', W']
 
 
-def fold_instance_norm(h: Tensor, norm: _NormParams) -> tuple[Tensor, Tensor]:
-    """Per-(sample, channel) scale s and shift t with IN(h) = s * h + t, computed in fp32.
+def instance_norm_act(h: Tensor, norm: _NormParams, relu: bool) -> Tensor:
+    """InstanceNorm (then ReLU) of h as one fused op: fp32 statistics and maths, stored in h's dtype.
 
     Args:
-        h: Tensor[B, C, H, W] activations in any float dtype.
+        h: Tensor[B, C, H, W], any float dtype and memory format.
         norm: the layer's gamma, beta (fp32) and eps.
 
     Returns:
-        (s, t), each float32 Tensor[B, C, 1, 1]; biased variance over H x W, as nn.InstanceNorm2d.
+        Tensor[B, C, H, W] in h's dtype and memory format (a new tensor; h is not modified).
     """
-    var, mean = torch.var_mean(h.float(), dim=(2, 3), keepdim=True, correction=0)  # [B, C, 1, 1] fp32 each
-    scale = norm.gamma * torch.rsqrt(var + norm.eps)  # [B, C, 1, 1]
-    shift = norm.beta - mean * scale  # [B, C, 1, 1]
-    return scale, shift
-
-
-def instance_norm_(h: Tensor, norm: _NormParams, relu: bool) -> Tensor:
-    """InstanceNorm (then ReLU) of h in place: h <- s * h + t in fp32 math, stored in h's dtype.
-
-    Args:
-        h: Tensor[B, C, H, W] (any float dtype and memory format); overwritten.
-
-    Returns:
-        h.
-    """
-    scale, shift = fold_instance_norm(h, norm)  # [B, C, 1, 1] fp32 each
-    torch.addcmul(shift, h, scale, out=h)  # [B, C, H, W]; mixed dtypes compute in fp32
-    if relu:
-        h.relu_()  # [B, C, H, W]
-    return h
+    acc = torch.promote_types(h.dtype, torch.float32)
+    gamma, beta = norm.gamma.reshape(-1).to(acc), norm.beta.reshape(-1).to(acc)  # [C] each; no-op casts in fp32
+    return group_norm_act(h, h.shape[1], gamma, beta, norm.eps, "relu" if relu else "none")  # [B, C, H, W]
 
 
 def condition_responses(generator: Generator) -> Tensor:
@@ -234,15 +217,15 @@ class AcGANRunner(NativeRunner):
         """images [B, 3, S, S] in [0, 1] and groups [B] -> aged images float32 Tensor[B, 3, S, S] in [0, 1]."""
         x = inputs["images"] * 2 - 1  # [B, 3, S, S] fp32 in [-1, 1], as the torch backend computes it
         h = self._stem(x, inputs["groups"])  # [B, d, S, S]
-        h = instance_norm_(h, self.stem_norm, relu=True)  # [B, d, S, S]
+        h = instance_norm_act(h, self.stem_norm, relu=True)  # [B, d, S, S]
         for layer in self.encoder:
-            h = instance_norm_(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, 4d, S/4, S/4]
+            h = instance_norm_act(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, 4d, S/4, S/4]
         for first, second in self.blocks:
-            r = instance_norm_(first.conv(h), first.norm, relu=True)  # [B, 4d, S/4, S/4]
-            r = instance_norm_(second.conv(r), second.norm, relu=False)  # [B, 4d, S/4, S/4]
+            r = instance_norm_act(first.conv(h), first.norm, relu=True)  # [B, 4d, S/4, S/4]
+            r = instance_norm_act(second.conv(r), second.norm, relu=False)  # [B, 4d, S/4, S/4]
             h = r.add_(h)  # [B, 4d, S/4, S/4]: x + IN(conv(...)), no activation after the sum
         for layer in self.decoder:
-            h = instance_norm_(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, d, S, S]
+            h = instance_norm_act(layer.conv(h), layer.norm, relu=True)  # [B, 2d, S/2, S/2], then [B, d, S, S]
         heads = F.conv2d(h, self.head_weight, padding=3)  # [B, 4, S, S]
         out = blend_heads(x, heads)  # [B, 3, S, S] fp32 in [-1, 1]
         return out.add_(1).mul_(0.5).clamp_(0, 1)  # [B, 3, S, S]; * 0.5 == / 2 exactly

@@ -12,8 +12,10 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    time table it gives each block's folded affine for every step at once (:func:`modulation_tables`):
    ``GN_b(h) * (1 + s_t) + b_t) * (1 + s_c) = norm(h) * a + b`` with ``a = gain * (1 + s_c)`` and
    ``b = shift * (1 + s_c)`` (spec 10 item 3), so a step slices its rows and launches no small kernels.
-3. **GroupNorm in fp32** (D24): statistics, the folded affine and SiLU in fp32, the result stored in the engine
-   dtype for the next conv (:func:`group_norm_act`). TODO(op fused_group_norm_silu): one NHWC kernel.
+3. **Fused GroupNorm + affine + SiLU** (D24, spec 10 item 3): one ``agingrt::group_norm_act`` per norm
+   (:func:`group_norm_act`, :func:`modulated_group_norm_act`): fp32 statistics, the folded per-(n, c) affine and
+   SiLU in fp32 in one pass, the result stored in the engine dtype and layout for the next conv. The GN affines
+   the runner applies itself are fp32 copies made once at build.
 4. **Phase-decomposed up-ResBlocks** (spec 10 item 4, ``phase_up``): nearest x2 followed by conv3x3 equals four
    2x2 convolutions of the low-resolution input whose taps are the conv's taps summed per phase
    (:func:`phase_weights`): 16 instead of 36 multiply-adds per 2x2 output block, and no 4x upsampled tensor.
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 from .._extension import has_native
 from ..errors import InputError
 from ..ops.ddim_step import ddim_step
+from ..ops.group_norm_act import group_norm_act as fused_group_norm_act
 from ..training.layers.ddim_schedule import DDIMSchedule
 from ..training.layers.diffae import AttentionBlock, EmbedSequential, ResBlock
 from ..training.models.pada import GENDERS, PADA, DiffAE, pluralistic_noise
@@ -130,11 +133,30 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def group_norm_act(x: Tensor, norm: nn.GroupNorm, dtype: torch.dtype, act: bool = True) -> Tensor:
-    """GN with its own affine (then SiLU), in fp32: Tensor[N, C, H, W] -> the same shape in ``dtype``."""
+def group_norm_act(
+    x: Tensor,
+    norm: nn.GroupNorm,
+    dtype: torch.dtype,
+    act: bool = True,
+    affine: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """GN with its own affine (then SiLU), fp32 statistics and maths, one fused op.
+
+    Args:
+        x: Tensor[N, C, H, W], any float dtype and memory format.
+        norm: the GroupNorm (its group count, eps and, without ``affine``, its weight and bias).
+        dtype: the dtype of the result (the engine dtype).
+        act: SiLU after the affine.
+        affine: (weight, bias), each Tensor[C] in :func:`accumulation_dtype` (precomputed at build), or None to
+            convert the norm's own.
+
+    Returns:
+        Tensor[N, C, H, W] in ``dtype`` and x's memory format.
+    """
     acc = accumulation_dtype(x.dtype)
-    h = F.group_norm(x.to(acc), norm.num_groups, norm.weight.to(acc), norm.bias.to(acc), norm.eps)  # [N, C, H, W]
-    return (F.silu(h, inplace=True) if act else h).to(dtype)  # [N, C, H, W]
+    weight, bias = affine if affine is not None else (norm.weight.to(acc), norm.bias.to(acc))  # [C] each
+    h = fused_group_norm_act(x, norm.num_groups, weight, bias, norm.eps, "silu" if act else "none")  # [N, C, H, W]
+    return h.to(dtype)  # [N, C, H, W]; a no-op when x is already in the engine dtype
 
 
 def modulated_group_norm_act(x: Tensor, norm: nn.GroupNorm, a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
@@ -143,14 +165,15 @@ def modulated_group_norm_act(x: Tensor, norm: nn.GroupNorm, a: Tensor, b: Tensor
     Args:
         x: Tensor[N, C, H, W], any float dtype and memory format.
         norm: the block's GN_b (only its group count and eps are used: the affine is folded into a, b).
-        a, b: Tensor[N, C] from :func:`modulation_tables` at one step (fp32 in the engine).
+        a, b: Tensor[N, C] from :func:`modulation_tables` at one step (fp32 in the engine); a column slice of the
+            [N, sum C] table is read in place.
 
     Returns:
-        Tensor[N, C, H, W] in ``dtype``.
+        Tensor[N, C, H, W] in ``dtype`` and x's memory format.
     """
-    h = F.group_norm(x.to(a.dtype), norm.num_groups, None, None, norm.eps)  # [N, C, H, W] fp32
-    h = torch.addcmul(b[:, :, None, None], h, a[:, :, None, None], out=h)  # [N, C, H, W], in place
-    return F.silu(h, inplace=True).to(dtype)  # [N, C, H, W]
+    acc = accumulation_dtype(x.dtype)
+    h = fused_group_norm_act(x, norm.num_groups, a.to(acc), b.to(acc), norm.eps, "silu")  # [N, C, H, W]
+    return h.to(dtype)  # [N, C, H, W]
 
 
 # --- rewrite 4: phase-decomposed nearest x2 + conv3x3 --------------------------------------------------------------
@@ -244,6 +267,12 @@ class PADARunner(NativeRunner):
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.module.eval().requires_grad_(False)
+        # The GN affines the runner applies itself (in_layers, attention, out), in the accumulation dtype once.
+        self.norm_affine = {
+            id(m): (m.weight.detach().to(self.acc), m.bias.detach().to(self.acc))  # [C] each
+            for m in self.module.modules()
+            if isinstance(m, nn.GroupNorm) and m.affine
+        }
         self.master_blocks = conditioned_resblocks(module.diffae)
         self.blocks = conditioned_resblocks(self.module)
         self.slots = {
@@ -403,12 +432,16 @@ class PADARunner(NativeRunner):
         for block in unet.output_blocks:
             h = self._sequence(block, torch.cat([h, skips.pop()], dim=1), a, b)  # [N, C, H, W]
         norm, _, conv = unet.out
-        return conv(group_norm_act(h, norm, self.dtype))  # [N, 3, S, S]
+        return conv(self._norm(h, norm))  # [N, 3, S, S]
 
     # --- helpers -------------------------------------------------------------------------------------------
     def _layout(self, x: Tensor) -> Tensor:
         x = x.to(self.dtype)  # [N, C, H, W]
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _norm(self, x: Tensor, norm: nn.GroupNorm, act: bool = True) -> Tensor:
+        """GN with its own (build-time fp32) affine, then SiLU when ``act``: [N, C, H, W] -> the same."""
+        return group_norm_act(x, norm, self.dtype, act, self.norm_affine.get(id(norm)))  # [N, C, H, W]
 
     def _sequence(self, block: EmbedSequential, h: Tensor, a: Tensor, b: Tensor) -> Tensor:
         for layer in block:
@@ -424,7 +457,7 @@ class PADARunner(NativeRunner):
     def _resblock(self, block: ResBlock, x: Tensor, a: Tensor, b: Tensor) -> Tensor:
         """Conditioned ResBlock with the step's folded affine a, b [N, C']: [N, C, H, W] -> [N, C', H', W']."""
         norm, _, conv = block.in_layers
-        h = group_norm_act(x, norm, self.dtype)  # [N, C, H, W]
+        h = self._norm(x, norm)  # [N, C, H, W]
         if block.up:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [N, C, 2H, 2W]
             phases = self.phases.get(id(block))
@@ -444,7 +477,7 @@ class PADARunner(NativeRunner):
     def _attention(self, block: AttentionBlock, x: Tensor) -> Tensor:
         """One-head self-attention over H*W tokens through SDPA (rewrite 5): [N, C, H, W] -> the same."""
         n, c, hh, ww = x.shape
-        h = group_norm_act(x, block.norm, self.dtype, act=False)  # [N, C, H, W]
+        h = self._norm(x, block.norm, act=False)  # [N, C, H, W]
         tokens = h.permute(0, 2, 3, 1).reshape(n, 1, hh * ww, c)  # [N, 1, T, C]; a view when channels_last
         qkv = F.linear(tokens, block.qkv.weight[:, :, 0], block.qkv.bias)  # [N, 1, T, 3C]
         q, k, v = qkv.split(c, dim=-1)  # [N, 1, T, C] each
@@ -460,6 +493,7 @@ __all__ = [
     "condition_scale",
     "condition_weights",
     "conditioned_resblocks",
+    "group_norm_act",
     "modulated_group_norm_act",
     "modulation_tables",
     "phase_weights",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ddim_step import ddim_step
+from .group_norm_act import group_norm_act
 from .guided_backprop_mask import (
     ChannelAffine,
     guided_backprop_mask,
@@ -16,6 +17,7 @@ from .modulated_conv2d import modulated_conv2d
 __all__ = [
     "ChannelAffine",
     "ddim_step",
+    "group_norm_act",
     "guided_backprop_mask",
     "guided_backprop_mask_sequential",
     "guided_relu_backward",
