@@ -28,13 +28,21 @@ inline const char* status_name(Status s) {
     return "unknown status";
 }
 
+// The cudaError_t (as an int, 0 = none) behind the last kCudaError a kernel launcher returned on this thread;
+// launchers clear it with cudaGetLastError(), so this is the only place the adapters can still read it from.
+inline int32_t& last_cuda_error() {
+    thread_local int32_t code = 0;
+    return code;
+}
+
 }  // namespace agingrt
 
 // Return early from a kernel launcher on any CUDA error (only usable in CUDA translation units).
-#define AGINGRT_CUDA_CHECK(expr)                  \
-    do {                                          \
-        cudaError_t agingrt_err_ = (expr);        \
-        if (agingrt_err_ != cudaSuccess) {        \
-            return ::agingrt::Status::kCudaError; \
-        }                                         \
+#define AGINGRT_CUDA_CHECK(expr)                                               \
+    do {                                                                       \
+        cudaError_t agingrt_err_ = (expr);                                     \
+        if (agingrt_err_ != cudaSuccess) {                                     \
+            ::agingrt::last_cuda_error() = static_cast<int32_t>(agingrt_err_); \
+            return ::agingrt::Status::kCudaError;                              \
+        }                                                                      \
     } while (0)

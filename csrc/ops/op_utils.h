@@ -10,6 +10,10 @@
 #include "common/dtype.h"
 #include "common/status.h"
 
+#ifdef AGINGRT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace agingrt {
 
 // "ddim_step: eps must have the same shape as x_t [2, 3, 8, 8], got [2, 3, 8]"
@@ -36,6 +40,13 @@ inline DType to_kernel_dtype(at::ScalarType t) {
 }
 
 inline void check_status(Status s, const char* op, const char* where) {
+#ifdef AGINGRT_WITH_CUDA
+    if (s == Status::kCudaError) {  // name the CUDA error the launcher saw (e.g. an invalid launch configuration)
+        const auto err = static_cast<cudaError_t>(last_cuda_error());
+        TORCH_CHECK(false, op, ": ", where, " kernel failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err),
+                    ")");
+    }
+#endif
     TORCH_CHECK(s == Status::kOk, op, ": ", where, " kernel failed: ", status_name(s));
 }
 

@@ -45,22 +45,31 @@ class GraphCache:
         self.warmup_iters = warmup_iters
         self._graphs: dict[tuple[int, Hashable], _Captured] = {}
         self._pool = None  # graphs share one memory pool: they never run concurrently
+        # One side stream for every warm-up and capture: the caching allocator reuses a block only on the stream
+        # that allocated it, so captures on different streams would not share the pool's memory.
+        self._stream: torch.cuda.Stream | None = None
 
     def __len__(self) -> int:
         return len(self._graphs)
 
     def _capture(self, fn: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor]) -> _Captured:
-        static = {k: v.clone() for k, v in inputs.items()}
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up off the capture stream (cuDNN autotuning, lazy init)
-            for _ in range(self.warmup_iters):
-                fn(static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = fn(static)
-        self._pool = graph.pool()
+        # Everything on self.device: torch.cuda.graph's default capture stream belongs to whichever device was
+        # current when it was first used, and a capture on another device's stream records none of this
+        # device's kernels (an empty graph whose replay returns the first call's output forever).
+        with torch.cuda.device(self.device):
+            static = {k: v.clone() for k, v in inputs.items()}
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            stream = self._stream
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):  # warm-up off the legacy stream (cuDNN autotuning, lazy init)
+                for _ in range(self.warmup_iters):
+                    fn(static)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream):
+                out = fn(static)
+            self._pool = graph.pool()
         return _Captured(graph, static, out)
 
     def run(self, fn: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor], key: Hashable) -> Tensor:
@@ -71,7 +80,8 @@ class GraphCache:
         if entry is None:
             entry = self._capture(fn, padded)
             self._graphs[(bucket, key)] = entry
-        for name, value in padded.items():
-            entry.static_inputs[name].copy_(value)
-        entry.graph.replay()
-        return entry.static_output[:batch].clone()
+        with torch.cuda.device(self.device):  # replay on this device's current stream, after the copies
+            for name, value in padded.items():
+                entry.static_inputs[name].copy_(value)
+            entry.graph.replay()
+            return entry.static_output[:batch].clone()

@@ -3,6 +3,8 @@ toy adapter; each model's own runner is tested against the torch backend in test
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -114,3 +116,106 @@ def test_overflow_at_build_names_the_layer():
         eng.module.conv.weight.fill_(0.1)
     with pytest.raises(pyagingrt.NumericalError, match="the native rewrite itself overflows"):
         native._check_finite()
+
+
+class _FakeCuda:
+    """Just enough of torch.cuda for GraphCache on the CPU. As on a GPU, work on a device's tensors joins a graph
+    only while a capture is open on a stream of that device (``record``; ATen launches on the tensors' device);
+    otherwise it runs eagerly and the graph stays empty, so its replay leaves the first call's output in place."""
+
+    def __init__(self):
+        self.current_device = 0
+        self.capturing = None
+        self.captures = []  # (current device, capture stream's device) per capture
+        self.replays = []  # current device per replay
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.device = torch.device("cuda", fake.current_device if device is None else device.index)
+
+            def wait_stream(self, other):
+                pass
+
+        class CUDAGraph:
+            work = None
+
+            def pool(self):
+                return "pool"
+
+            def replay(self):
+                fake.replays.append(fake.current_device)
+                if self.work is not None:
+                    fn, static, out = self.work
+                    out.copy_(fn(static))
+
+        class graph:  # lower case, as torch.cuda.graph
+            default_stream = None
+
+            def __init__(self, cuda_graph, pool=None, stream=None):
+                if stream is None:  # torch: one class-wide stream, on the device current at its first use
+                    graph.default_stream = graph.default_stream or Stream()
+                self.g, self.stream = cuda_graph, stream or graph.default_stream
+
+            def __enter__(self):
+                fake.captures.append((fake.current_device, self.stream.device.index))
+                fake.capturing = self
+
+            def __exit__(self, *exc):
+                fake.capturing = None
+                return False
+
+        self.Stream, self.CUDAGraph, self.graph = Stream, CUDAGraph, graph
+
+    def record(self, fn, inputs, out, device):
+        if self.capturing is not None and self.capturing.stream.device.index == device:
+            self.capturing.g.work = (fn, inputs, out)
+
+    @contextlib.contextmanager
+    def device(self, device):
+        previous, self.current_device = self.current_device, torch.device(device).index
+        try:
+            yield
+        finally:
+            self.current_device = previous
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        yield
+
+    def current_stream(self, device=None):
+        return self.Stream(device)
+
+
+def test_graph_capture_and_replay_run_on_the_cache_device(monkeypatch):
+    # An engine on cuda:1 while cuda:0 is current: a capture on cuda:0's stream records none of cuda:1's work,
+    # and the empty graph's replay would return the first call's output for every later call.
+    fake = _FakeCuda()
+    for name in ("device", "stream", "current_stream", "Stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    cache = GraphCache(torch.device("cuda", 1), buckets=(4,), warmup_iters=1)
+
+    def fn(inputs):
+        out = inputs["x"] * 2  # [B, 3], "on cuda:1"
+        fake.record(fn, inputs, out, device=1)
+        return out
+
+    for batch in (3, 2):
+        x = torch.randn(batch, 3)
+        torch.testing.assert_close(cache.run(fn, {"x": x}, key="k"), x * 2, atol=0, rtol=0)
+    assert fake.captures == [(1, 1)]  # captured once, with cuda:1 current, on a cuda:1 stream
+    assert fake.replays == [1, 1]
+    assert fake.current_device == 0  # the caller's device is restored
+
+
+@pytest.mark.gpu
+def test_graph_cache_on_a_device_that_is_not_current():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    dev = torch.device("cuda", 1)
+    lin = nn.Linear(8, 8).to(dev)
+    cache = GraphCache(dev, buckets=(4,))
+    with torch.cuda.device(0):
+        for _ in range(3):  # a stale (empty) graph would return the first call's output again
+            x = torch.randn(3, 8, device=dev)
+            torch.testing.assert_close(cache.run(lambda s: lin(s["x"]), {"x": x}, key="k"), lin(x))
