@@ -215,6 +215,21 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
     return r;
 }
 
+template <typename T>
+inline T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta) {
+    const size_t t = agingrt_emu::current;
+    agingrt_emu::warp_slots[t] = static_cast<double>(v);
+    agingrt_emu::wait_at(agingrt_emu::FiberState::kWarpWait);
+    const size_t lane = t % 32;  // a lane past the warp's end reads its own value, as on the GPU
+    const T r = lane + delta < 32 ? static_cast<T>(agingrt_emu::warp_slots[t + delta]) : v;
+    agingrt_emu::wait_at(agingrt_emu::FiberState::kWarpWait);
+    return r;
+}
+
+inline float __fdividef(float a, float b) {
+    return a / b;
+}
+
 inline float rsqrtf(float x) {
     return 1.0f / std::sqrt(x);
 }
