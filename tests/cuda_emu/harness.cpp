@@ -16,6 +16,7 @@
 #include "common/half.h"
 #include "kernels/cpu/element_io.h"
 #include "kernels/ddim_step.h"
+#include "kernels/group_norm_act.h"
 #include "kernels/guided_backprop_mask.h"
 #include "kernels/inv_conv1x1.h"
 #include "kernels/masked_gaussian_blur.h"
@@ -433,6 +434,124 @@ void test_guided_backprop_mask() {
     }
 }
 
+// ---- group_norm_act ---------------------------------------------------------------------------------------------
+
+// Pointer alignment (vector vs scalar paths), [B, C] rows vs one broadcast [C] row of scale / shift, in place, and
+// the mean of x (a large one tests that the fp32 statistics do not cancel).
+struct GroupNormMode {
+    int64_t x_shift, y_shift;  // elements past a 16-byte boundary
+    bool in_place, scale_bcast, shift_bcast;
+    float mean;
+};
+
+// Tolerance: both sides compute act((x - mu) * a + b) in fp32 and round it once to the storage type, so they differ
+// by the statistics plus one rounding flip of the output (rtol: one ulp of the storage type). The CPU takes mean and
+// variance in float64 and rounds mu and a = scale * rstd to fp32; CUDA merges fp32 Welford partials with Chan's
+// formula, so its mu and rstd are off by a few fp32 ulps of the group's magnitude: |dmu| <~ k 2^-24 (|mean| + std),
+// |drstd / rstd| <~ k 2^-24 R with R = 1 + |mean| / std. At the output that is
+//   |scale| * (|dmu| * rstd + |z| * |drstd / rstd|) <= k 2^-24 R |scale| (1 + |z|),
+// z = (x - mu) * rstd the normalised value (|z| < 6 for these sizes), the activation's slope <= 1.1. With k = 8 the
+// largest error seen is ~1/20 of the bound (mean 0: ~3 fp32 ulps of |scale|; mean 1e3: ~1.6 ulps of 1e3 in mu),
+// while a variance taken as fp32 E[x^2] - E[x]^2 would be off by ~2^-24 R^2, ~10 times the bound at R = 1e3.
+void group_norm_case(DType d, GroupNormLayout layout, int64_t b, int64_t c, int64_t h, int64_t w, int64_t g,
+                     const GroupNormMode& m, GroupNormActivation act) {
+    // Spread of x around its mean: at 1e3 the half types' ulps are 0.5 (fp16) and 4 (bf16).
+    const float spread = d == DType::kBFloat16 ? 16.0f : d == DType::kFloat16 ? 2.0f : 1.0f;
+    const int64_t pix = h * w, n = b * c * pix;
+    Buffer x(d, n, m.x_shift);
+    for (int64_t i = 0; i < n; ++i) {
+        x.set(i, m.mean + spread * std::normal_distribution<float>(0.0f, 1.0f)(g_rng));
+    }
+    Buffer scale(DType::kFloat32, m.scale_bcast ? c : b * c), shift(DType::kFloat32, m.shift_bcast ? c : b * c);
+    double max_scale = 0.0;
+    for (int64_t i = 0; i < scale.n; ++i) {
+        scale.set(i, 1.0f + 0.5f * std::normal_distribution<float>(0.0f, 1.0f)(g_rng));
+        max_scale = std::fmax(max_scale, std::fabs(scale.get(i)));
+    }
+    shift.fill_random();
+    Buffer out(d, n, m.in_place ? m.x_shift : m.y_shift), ref(d, n);
+    GroupNormActParams p{};
+    p.x = x.data();
+    p.scale = scale.data();
+    p.shift = shift.data();
+    p.batch = b;
+    p.channels = c;
+    p.pixels = pix;
+    p.groups = g;
+    p.scale_stride_b = m.scale_bcast ? 0 : c;
+    p.shift_stride_b = m.shift_bcast ? 0 : c;
+    p.layout = layout;
+    p.x_dtype = d;
+    p.coef_dtype = DType::kFloat32;
+    p.eps = 1e-5;
+    p.act = act;
+    const char* act_name = act == GroupNormActivation::kRelu   ? "relu"
+                           : act == GroupNormActivation::kSilu ? "silu"
+                                                               : "none";
+    const std::string what =
+        std::string("group_norm_act ") + dtype_name(d) + (layout == GroupNormLayout::kNHWC ? " NHWC [" : " NCHW [") +
+        std::to_string(b) + ", " + std::to_string(c) + ", " + std::to_string(h) + ", " + std::to_string(w) + "] G " +
+        std::to_string(g) + " " + act_name + " shift " + std::to_string(m.x_shift) + "/" + std::to_string(m.y_shift) +
+        (m.in_place ? " in place" : "") + (m.scale_bcast ? " scale[C]" : " scale[B,C]") +
+        (m.shift_bcast ? " shift[C]" : " shift[B,C]") + " mean " + std::to_string(static_cast<int>(m.mean));
+    p.y = ref.data();
+    expect_ok(what + " (cpu)", group_norm_act_cpu(p));
+    if (m.in_place) {
+        std::memcpy(out.data(), x.data(), n * elem_size(d));
+        p.x = out.data();
+    }
+    p.y = out.data();
+    // The workspace as a guarded fp32 buffer that starts as NaN: a partial or coefficient the kernels fail to write
+    // poisons y, and a write past the size the launcher asked for shows in the guards.
+    Buffer ws(DType::kFloat32, static_cast<int64_t>(group_norm_act_cuda_workspace_bytes(p) / sizeof(float)));
+    expect_ok(what, group_norm_act_cuda(p, ws.data(), nullptr));
+    if (!ws.guards_intact()) {
+        ++g_cases;
+        ++g_failures;
+        std::printf("FAIL %s: wrote outside the workspace\n", what.c_str());
+    }
+    const double r = 1.0 + std::fabs(m.mean) / spread;
+    expect_close(what, out, ref, 8.0 * std::ldexp(1.0, -24) * r * max_scale * (1.0 + 6.0), ulp(d));
+}
+
+void test_group_norm_act() {
+    struct Shape {
+        int64_t b, c, h, w;
+        std::vector<int64_t> groups;
+    };
+    // The emulator's cost is mostly per (n, g) block (256 fibers merging Welford states), so G = C stays small.
+    const Shape shapes[] = {
+        {1, 3, 1, 1, {1, 3}},     // one pixel: G = C has zero variance (y = shift exactly)
+        {2, 3, 5, 7, {1, 3}},     // odd plane, scalar paths (35 pixels, 105-element groups)
+        {2, 32, 3, 5, {1, 8}},    // one full NHWC tile; NCHW group lengths 480 and 60 (fp32 vectors only)
+        {2, 48, 4, 6, {1, 6}},    // one and a half tiles; 24 pixels and C % 8 == 0: every vector path
+        {1, 16, 4, 6, {16}},      // InstanceNorm (one channel per group), half a tile, on the vector paths
+        {1, 67, 7, 9, {1}},       // three tiles, the last with 3 channels; odd everything
+        {2, 32, 16, 33, {1, 2}},  // several statistics chunks: NCHW 3 (G = 1) and 2 (G = 2), NHWC 3 (528 pixels)
+    };
+    const GroupNormMode modes[] = {
+        {0, 0, false, false, false, 0.0f},  // aligned, [B, C] coefficients
+        {1, 0, false, true, false, 1e3f},   // misaligned x (scalar statistics and apply), large mean
+        {0, 1, false, false, true, 0.0f},   // vector statistics, misaligned y (scalar apply)
+        {0, 0, true, true, true, -1e3f},    // in place, aligned, large negative mean
+    };
+    int combo = 0;
+    for (DType d : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+        for (GroupNormLayout layout : {GroupNormLayout::kNCHW, GroupNormLayout::kNHWC}) {
+            for (const Shape& sh : shapes) {
+                for (int64_t g : sh.groups) {
+                    // Every activation in each combination, rotated over the modes from one combination to the next.
+                    ++combo;
+                    for (int k = 0; k < 4; ++k) {
+                        const auto act = static_cast<GroupNormActivation>((k + combo) % 3);
+                        group_norm_case(d, layout, sh.b, sh.c, sh.h, sh.w, g, modes[k], act);
+                    }
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -443,6 +562,7 @@ int main() {
     test_demodulation();
     test_guided_relu();
     test_guided_backprop_mask();
+    test_group_norm_act();
     std::printf("%d cases, %d failed\n", g_cases, g_failures);
     return g_failures == 0 ? 0 : 1;
 }
