@@ -250,8 +250,12 @@ def plot_bars(results: Sequence[BenchResult], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     keys = sorted({(r.model, r.batch) for r in results})
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
-    for ax, (model, batch) in zip(axes[0], keys, strict=True):
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for ax, (model, batch) in zip(axes.flat, keys, strict=False):
         rows = [r for r in results if (r.model, r.batch) == (model, batch) and r.images_per_s]
         names = [f"{r.variant}\n{r.precision}" for r in rows]
         ax.bar(
