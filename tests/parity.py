@@ -23,3 +23,27 @@ def assert_low_precision_parity(
     assert native_err <= 2 * baseline + floor, (
         f"native low-precision error {native_err:.3g} exceeds 2 x torch's own ({baseline:.3g}) + {floor}"
     )
+
+
+def make_torch_engine(adapter, config, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32"):
+    """A torch-backend Engine over a copy of ``module`` (the runner tests' reference)."""
+    import copy
+
+    from pyagingrt.api import PRECISIONS, Engine
+
+    return Engine(adapter, config, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+
+
+def make_native_engine(
+    adapter, config, module: torch.nn.Module, runner_cls, device: str = "cpu", precision: str = "fp32", **runner_kwargs
+):
+    """A NativeEngine over a copy of ``module``; ``runner_kwargs`` rebuild its runner with non-default options."""
+    import copy
+
+    from pyagingrt.api import PRECISIONS
+    from pyagingrt.backends.native import NativeEngine
+
+    engine = NativeEngine(adapter, config, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+    if runner_kwargs:
+        engine.runner = runner_cls(adapter, engine.module, config, engine.device, engine.dtype, **runner_kwargs)
+    return engine

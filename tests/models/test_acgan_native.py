@@ -10,14 +10,12 @@ after training, so the folded affine is exercised (gamma = 1, beta = 0 would hid
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyagingrt.api import PRECISIONS, Engine
+from pyagingrt.api import Engine
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_acgan import (
     AcGANRunner,
@@ -30,7 +28,7 @@ from pyagingrt.backends.native_acgan import (
 from pyagingrt.errors import InputError
 from pyagingrt.models.acgan import AcGANAdapter
 from pyagingrt.training.models.acgan import AcGANConfig, Generator, init_weights, mask_blend, tile_condition
-from tests.parity import assert_low_precision_parity, max_abs_err
+from tests.parity import assert_low_precision_parity, make_native_engine, make_torch_engine, max_abs_err
 
 ADAPTER = AcGANAdapter()
 TINY = AcGANConfig.tiny()
@@ -63,14 +61,11 @@ def trained_like(config: AcGANConfig = TINY, seed: int = 0) -> Generator:
 
 
 def torch_engine(module: Generator, device: str = "cpu", precision: str = "fp32") -> Engine:
-    return Engine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+    return make_torch_engine(ADAPTER, TINY, module, device, precision)
 
 
 def native_engine(module: Generator, device: str = "cpu", precision: str = "fp32", **runner_kwargs) -> NativeEngine:
-    engine = NativeEngine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
-    if runner_kwargs:
-        engine.runner = AcGANRunner(ADAPTER, engine.module, TINY, engine.device, engine.dtype, **runner_kwargs)
-    return engine
+    return make_native_engine(ADAPTER, TINY, module, AcGANRunner, device, precision, **runner_kwargs)
 
 
 def images(batch: int, seed: int = 1, device: str = "cpu") -> torch.Tensor:

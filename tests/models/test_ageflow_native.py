@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyagingrt
 from pyagingrt import RandomWeightsWarning
-from pyagingrt.api import PRECISIONS, Engine
+from pyagingrt.api import Engine
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_ageflow import (
     AgeFlowRunner,
@@ -50,7 +50,7 @@ from pyagingrt.models.ageflow import AgeFlowAdapter
 from pyagingrt.ops import inv_conv1x1
 from pyagingrt.training.layers.glow import FlowStep, InvConv2dLU, ZeroConv2d, squeeze2d, unsqueeze2d
 from pyagingrt.training.models.ageflow import AgeFlow, AgeFlowConfig, postprocess_output, quantize_input
-from tests.parity import assert_low_precision_parity, max_abs_err
+from tests.parity import assert_low_precision_parity, make_native_engine, make_torch_engine, max_abs_err
 
 ADAPTER = AgeFlowAdapter()
 TINY = AgeFlowConfig.tiny()
@@ -112,14 +112,11 @@ def model() -> AgeFlow:
 
 
 def torch_engine(module: AgeFlow, device: str = "cpu", precision: str = "fp32") -> Engine:
-    return Engine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+    return make_torch_engine(ADAPTER, TINY, module, device, precision)
 
 
 def native_engine(module: AgeFlow, device: str = "cpu", precision: str = "fp32", **runner_kwargs) -> NativeEngine:
-    engine = NativeEngine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
-    if runner_kwargs:
-        engine.runner = AgeFlowRunner(ADAPTER, engine.module, TINY, engine.device, engine.dtype, **runner_kwargs)
-    return engine
+    return make_native_engine(ADAPTER, TINY, module, AgeFlowRunner, device, precision, **runner_kwargs)
 
 
 def runner(module: AgeFlow, dtype: torch.dtype, **kwargs) -> AgeFlowRunner:

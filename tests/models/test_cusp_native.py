@@ -11,13 +11,11 @@ Weights: ``CUSPAdapter.build`` (the official init, noise strengths N(0, 0.1^2) s
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pyagingrt.api import PRECISIONS, Engine
+from pyagingrt.api import Engine
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_cusp import (
     CUSPRunner,
@@ -33,7 +31,7 @@ from pyagingrt.training.layers.guided_backprop_mask import structure_mask
 from pyagingrt.training.layers.masked_gaussian_blur import gaussian_blur, gaussian_kernel1d
 from pyagingrt.training.layers.modulated_conv2d import demodulation_coefficients
 from pyagingrt.training.models.cusp import CUSP, CUSPConfig
-from tests.parity import assert_low_precision_parity, max_abs_err
+from tests.parity import assert_low_precision_parity, make_native_engine, make_torch_engine, max_abs_err
 
 ADAPTER = CUSPAdapter()
 TINY = CUSPConfig.tiny()  # 56x56, DEX input 32: the bilinear resize path is live
@@ -67,14 +65,11 @@ def tiny_module(config: CUSPConfig = TINY, seed: int = 1) -> CUSP:
 
 
 def torch_engine(module: CUSP, device: str = "cpu", precision: str = "fp32") -> Engine:
-    return Engine(ADAPTER, module.config, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+    return make_torch_engine(ADAPTER, module.config, module, device, precision)
 
 
 def native_engine(module: CUSP, device: str = "cpu", precision: str = "fp32", **runner_kwargs) -> NativeEngine:
-    engine = NativeEngine(ADAPTER, module.config, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
-    if runner_kwargs:
-        engine.runner = CUSPRunner(ADAPTER, engine.module, module.config, engine.device, engine.dtype, **runner_kwargs)
-    return engine
+    return make_native_engine(ADAPTER, module.config, module, CUSPRunner, device, precision, **runner_kwargs)
 
 
 def images(batch: int, seed: int = 2, device: str = "cpu", size: int = H) -> torch.Tensor:

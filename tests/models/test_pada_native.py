@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pyagingrt._extension import has_native
-from pyagingrt.api import PRECISIONS, Engine
+from pyagingrt.api import Engine
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_pada import (
     PADARunner,
@@ -36,7 +36,7 @@ from pyagingrt.models.pada import PADAAdapter
 from pyagingrt.training.layers.clip_encoder import ClipEncoder, clip_config
 from pyagingrt.training.layers.ddim_schedule import DDIMSchedule
 from pyagingrt.training.models.pada import PADA, PADAConfig
-from tests.parity import assert_low_precision_parity
+from tests.parity import assert_low_precision_parity, make_native_engine, make_torch_engine
 
 ADAPTER = PADAAdapter()
 TINY = PADAConfig.tiny()
@@ -83,14 +83,11 @@ def module() -> PADA:
 
 
 def torch_engine(module: PADA, device: str = "cpu", precision: str = "fp32") -> Engine:
-    return Engine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
+    return make_torch_engine(ADAPTER, TINY, module, device, precision)
 
 
 def native_engine(module: PADA, device: str = "cpu", precision: str = "fp32", **runner_kwargs) -> NativeEngine:
-    engine = NativeEngine(ADAPTER, TINY, copy.deepcopy(module), torch.device(device), PRECISIONS[precision])
-    if runner_kwargs:
-        engine.runner = PADARunner(ADAPTER, engine.module, TINY, engine.device, engine.dtype, **runner_kwargs)
-    return engine
+    return make_native_engine(ADAPTER, TINY, module, PADARunner, device, precision, **runner_kwargs)
 
 
 def images(batch: int, seed: int = 1, device: str = "cpu") -> torch.Tensor:
