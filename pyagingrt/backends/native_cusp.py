@@ -234,8 +234,7 @@ class CUSPRunner(NativeRunner):
             for fc in (getattr(model.style_map, f"fc{i}") for i in range(model.style_map.num_layers))
         ]
         # rewrites 1 and 2
-        w_a, s0, d0 = age_tables(model)
-        self.w_a_table = self._dev(w_a)  # [A, w_dim]
+        _, s0, d0 = age_tables(model)  # w_a itself is only needed through the conv0 styles it yields
         self.s0_tables = [self._dev(s) for s in s0]  # [A, I_i] each
         self.d0_tables = [self._dev(d) for d in d0]  # [A, O_i] each
         weight, bias, self.style_sizes = stacked_style_affine(model)
