@@ -153,16 +153,18 @@ class NativeEngine(Engine):
             pixels, targets, gen, options = self._sample_batch(batch)
             self._run(pixels, targets, gen, options)
 
+    # Targets reach prepare() on the host: runners check them there and move them to the device themselves,
+    # so a call never waits on the GPU for that check.
     def _run_eager(self, pixels, targets, generator, options) -> Tensor:
         with torch.no_grad():
-            inputs = self.runner.prepare(pixels.to(self.device), targets.to(self.device), generator, options)
+            inputs = self.runner.prepare(pixels.to(self.device), targets, generator, options)
             return self.runner.forward(inputs, options)
 
     def _run(self, pixels: Tensor, targets: Tensor, generator: torch.Generator, options: dict[str, Any]) -> Tensor:
         if self.graphs is None or not self.runner.graph_safe(options):
             return self._run_eager(pixels, targets, generator, options)
         with torch.no_grad():
-            inputs = self.runner.prepare(pixels.to(self.device), targets.to(self.device), generator, options)
+            inputs = self.runner.prepare(pixels.to(self.device), targets, generator, options)
             tensors = {k: v for k, v in inputs.items() if isinstance(v, Tensor)}
             extras = {k: v for k, v in inputs.items() if not isinstance(v, Tensor)}
             return self.graphs.run(
