@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .backends.cuda_graphs import check_buckets
 from .checkpoint import CheckpointHeader, load_checkpoint, load_state_dict_strict, read_header, save_checkpoint
 from .errors import CheckpointError, InputError, NativeExtensionError, NumericalError, RandomWeightsWarning
 from .images import ImageInput, as_image_batch
@@ -76,6 +77,7 @@ def load(
     device: str | torch.device | None = None,
     precision: str = "fp32",
     config: str | dict[str, Any] | Any | None = None,
+    buckets: Sequence[int] | None = None,
     **load_options: Any,
 ) -> Engine:
     """Build an :class:`Engine` for one model.
@@ -90,6 +92,9 @@ def load(
         precision: "fp32" (default), "fp16" (CUDA only) or "bf16".
         config: a config name of the model (e.g. "paper", "tiny"), a config dict, or a config object; default
             the model's first config (its paper size), or the one stored in a pyagingrt checkpoint.
+        buckets: ``backend="native"`` on CUDA only: the batch sizes that get a CUDA graph each (default 1, 4, 16,
+            32). A call is padded into the smallest bucket that holds it; a batch above the largest runs in
+            chunks of the largest.
         **load_options: model-specific extra weights, e.g. CUSP ``dex=PATH``, PADA ``clip=DIR``.
 
     Raises:
@@ -103,6 +108,14 @@ def load(
         )
     dev = _resolve_device(device)
     dtype = _resolve_precision(precision, dev)
+    engine_options: dict[str, Any] = {}
+    if buckets is not None:
+        if backend != "native":
+            raise InputError(f"buckets= applies to backend='native' only (CUDA graphs), not to backend={backend!r}")
+        try:
+            engine_options["buckets"] = check_buckets(buckets)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
 
     state: dict[str, Tensor] | None = None
     source: dict[str, Any] | None = None
@@ -156,7 +169,7 @@ def load(
         from .backends.native import NativeEngine
 
         engine_cls = NativeEngine
-    return engine_cls(adapter, cfg, module, dev, dtype, config_name=config_name, source=source)
+    return engine_cls(adapter, cfg, module, dev, dtype, config_name=config_name, source=source, **engine_options)
 
 
 class Engine:

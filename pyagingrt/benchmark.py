@@ -122,7 +122,9 @@ def bench_one(
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
-            engine = load(model, backend=backend, device=device, precision=precision, config=config)
+            # native: one CUDA graph of exactly this batch (the default buckets would pad or chunk it)
+            extra = {"buckets": (batch,)} if backend == "native" else {}
+            engine = load(model, backend=backend, device=device, precision=precision, config=config, **extra)
         result.config = engine.config_name or result.config
         result.gflop_per_image = engine.flops_per_image() / 1e9
         size = engine.input_size

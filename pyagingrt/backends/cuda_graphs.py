@@ -3,7 +3,10 @@
 A call with batch B runs in the smallest bucket >= B: inputs are copied into the bucket's static buffers
 (the padding rows repeat the last sample, which is harmless because every model's output for one sample is
 independent of the rest of the batch, a property the model tests check), the graph is replayed, and the
-first B rows of the static output are cloned out.
+first B rows of the static output are cloned out. A batch above the largest bucket runs as consecutive chunks
+of the largest bucket (the last one padded into its own bucket), so the number of graphs, and the memory
+they hold, is bounded by the bucket list; pass a larger bucket (``load(..., buckets=...)``) to run big batches
+as one graph.
 """
 
 from __future__ import annotations
@@ -25,8 +28,17 @@ class _Captured:
 
 
 def bucket_for(batch: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= batch, or batch itself beyond the largest bucket (a graph of its own)."""
-    return next((b for b in sorted(buckets) if b >= batch), batch)
+    """The smallest bucket >= batch; the largest bucket beyond it (the batch then runs in chunks of that size)."""
+    ordered = sorted(buckets)
+    return next((b for b in ordered if b >= batch), ordered[-1])
+
+
+def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    """Buckets as a sorted tuple of distinct positive ints; ValueError otherwise."""
+    values = tuple(buckets)
+    if not values or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in values):
+        raise ValueError(f"buckets must be a non-empty list of positive batch sizes, got {list(values)}")
+    return tuple(sorted(set(values)))
 
 
 def _pad(t: Tensor, size: int) -> Tensor:
@@ -41,7 +53,7 @@ class GraphCache:
 
     def __init__(self, device: torch.device, buckets: Sequence[int] = DEFAULT_BUCKETS, warmup_iters: int = 2) -> None:
         self.device = device
-        self.buckets = tuple(sorted(buckets))
+        self.buckets = check_buckets(buckets)
         self.warmup_iters = warmup_iters
         self._graphs: dict[tuple[int, Hashable], _Captured] = {}
         self._pool = None  # graphs share one memory pool: they never run concurrently
@@ -73,6 +85,19 @@ class GraphCache:
         return _Captured(graph, static, out)
 
     def run(self, fn: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor], key: Hashable) -> Tensor:
+        batch = next(iter(inputs.values())).shape[0]
+        largest = self.buckets[-1]
+        if batch > largest:
+            chunks = [
+                self._run_bucket(fn, {k: v[i : i + largest] for k, v in inputs.items()}, key)
+                for i in range(0, batch, largest)
+            ]
+            return torch.cat(chunks, dim=0)
+        return self._run_bucket(fn, inputs, key)
+
+    def _run_bucket(
+        self, fn: Callable[[dict[str, Tensor]], Tensor], inputs: dict[str, Tensor], key: Hashable
+    ) -> Tensor:
         batch = next(iter(inputs.values())).shape[0]
         bucket = bucket_for(batch, self.buckets)
         padded = {k: _pad(v, bucket) for k, v in inputs.items()}

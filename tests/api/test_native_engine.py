@@ -31,7 +31,7 @@ def load(**kwargs):
 
 
 def test_buckets():
-    assert [bucket_for(b, (1, 4, 16, 32)) for b in (1, 2, 4, 5, 16, 17, 32, 33)] == [1, 4, 4, 16, 16, 32, 32, 33]
+    assert [bucket_for(b, (1, 4, 16, 32)) for b in (1, 2, 4, 5, 16, 17, 32, 33)] == [1, 4, 4, 16, 16, 32, 32, 32]
     x = torch.arange(6.0).reshape(3, 2)
     padded = _pad(x, 5)
     assert padded.shape == (5, 2)
@@ -219,3 +219,39 @@ def test_graph_cache_on_a_device_that_is_not_current():
         for _ in range(3):  # a stale (empty) graph would return the first call's output again
             x = torch.randn(3, 8, device=dev)
             torch.testing.assert_close(cache.run(lambda s: lin(s["x"]), {"x": x}, key="k"), lin(x))
+
+
+def test_batches_above_the_largest_bucket_run_in_chunks(monkeypatch):
+    # The number of graphs is bounded by the bucket list: batch 9 with buckets (2, 4) is 4 + 4 + 1 (padded to 2),
+    # two captures, three replays, and the rows come back in order.
+    fake = _FakeCuda()
+    for name in ("device", "stream", "current_stream", "Stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    cache = GraphCache(torch.device("cuda", 0), buckets=(4, 2), warmup_iters=1)
+
+    def fn(inputs):
+        out = inputs["x"] * 2 + inputs["t"][:, None]  # [B, 3]
+        fake.record(fn, inputs, out, device=0)
+        return out
+
+    x, t = torch.randn(9, 3), torch.arange(9.0)
+    torch.testing.assert_close(cache.run(fn, {"x": x, "t": t}, key="k"), x * 2 + t[:, None], atol=0, rtol=0)
+    assert len(cache) == 2
+    assert len(fake.replays) == 3
+    assert bucket_for(9, (2, 4)) == 4
+
+
+@pytest.mark.parametrize("bad", [(), (0, 4), (-1,), (2.5,), (True,)])
+def test_bad_buckets_are_rejected(bad):
+    with pytest.raises(ValueError, match="positive batch sizes"):
+        GraphCache(torch.device("cpu"), buckets=bad)
+
+
+@pytest.mark.usefixtures("toy")
+def test_load_buckets_option():
+    eng = load(device="cpu", backend="native", buckets=[8, 2])
+    assert eng.age(torch.rand(3, 3, 8, 8), 30).shape == (3, 3, 8, 8)
+    with pytest.raises(pyagingrt.InputError, match="backend='native' only"):  # before any weights are built
+        pyagingrt.load("toy", device="cpu", buckets=(4,))
+    with pytest.raises(pyagingrt.InputError, match="positive batch sizes"):
+        pyagingrt.load("toy", device="cpu", backend="native", buckets=(0,))
