@@ -22,6 +22,7 @@ from .errors import (
     NoFaceError,
     NumericalError,
     OutputError,
+    PrecisionFallbackWarning,
     UnknownModelError,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "NoFaceError",
     "NumericalError",
     "OutputError",
+    "PrecisionFallbackWarning",
     "RandomWeightsWarning",
     "UnknownModelError",
     "__version__",

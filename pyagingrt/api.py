@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,14 @@ from torch import Tensor, nn
 
 from .backends.cuda_graphs import check_buckets
 from .checkpoint import CheckpointHeader, load_checkpoint, load_state_dict_strict, read_header, save_checkpoint
-from .errors import CheckpointError, InputError, NativeExtensionError, NumericalError, RandomWeightsWarning
+from .errors import (
+    CheckpointError,
+    InputError,
+    NativeExtensionError,
+    NumericalError,
+    PrecisionFallbackWarning,
+    RandomWeightsWarning,
+)
 from .images import ImageInput, as_image_batch
 from .models.base import AgeGroup, ModelAdapter
 from .models.registry import get_adapter, model_names
@@ -44,8 +51,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":  # fp16 on a GPU (see load() for the bf16 fallback), fp32 on CPU
+        return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        choices = ", ".join((*PRECISIONS, "auto"))
+        raise InputError(f"precision must be one of {choices}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise InputError("precision 'fp16' needs a CUDA device; on CPU use 'fp32' (or 'bf16')")
     return PRECISIONS[precision]
@@ -89,7 +99,9 @@ def load(
             (converted on load). None builds random weights and warns (:class:`RandomWeightsWarning`).
         backend: "torch" (the reference, CPU or GPU) or "native" (the optimised engine).
         device: "cpu", "cuda" or "cuda:N"; default CUDA when available.
-        precision: "fp32" (default), "fp16" (CUDA only) or "bf16".
+        precision: "fp32" (default), "fp16" (CUDA only), "bf16", or "auto": fp32 on CPU, fp16 on CUDA, and for
+            ``backend="native"`` bf16 instead when the fp16 engine overflows at build and the GPU has bf16
+            (a :class:`PrecisionFallbackWarning` says so).
         config: a config name of the model (e.g. "paper", "tiny"), a config dict, or a config object; default
             the model's first config (its paper size), or the one stored in a pyagingrt checkpoint.
         buckets: ``backend="native"`` on CUDA only: the batch sizes that get a CUDA graph each (default 1, 4, 16,
@@ -169,7 +181,28 @@ def load(
         from .backends.native import NativeEngine
 
         engine_cls = NativeEngine
-    return engine_cls(adapter, cfg, module, dev, dtype, config_name=config_name, source=source, **engine_options)
+
+    def build(dt: torch.dtype) -> Engine:
+        return engine_cls(adapter, cfg, module, dev, dt, config_name=config_name, source=source, **engine_options)
+
+    bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto" and backend == "native" and dtype == torch.float16 and bf16_ok:
+        return build_with_bf16_fallback(build, adapter.name)
+    return build(dtype)
+
+
+def build_with_bf16_fallback(build: Callable[[torch.dtype], Engine], model: str) -> Engine:
+    """``build(fp16)``, or ``build(bf16)`` with a warning when the fp16 engine overflows (NumericalError):
+    bf16 has fp32's exponent range, so activations that exceed fp16's 65504 stay finite."""
+    try:
+        return build(torch.float16)
+    except NumericalError as exc:
+        warnings.warn(
+            f"{model}: precision='auto' chose bf16 because the fp16 engine overflows ({exc})",
+            PrecisionFallbackWarning,
+            stacklevel=3,
+        )
+        return build(torch.bfloat16)
 
 
 class Engine:

@@ -59,3 +59,7 @@ class OutputError(AgingError, OSError):
 class RandomWeightsWarning(UserWarning):
     """Some or all of a model's weights are random (no checkpoint, no CLIP/DEX file): the output is
     meaningless, which is fine for benchmarks and tests."""
+
+
+class PrecisionFallbackWarning(UserWarning):
+    """``precision="auto"`` built a bf16 engine because the fp16 one overflowed."""

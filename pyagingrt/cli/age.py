@@ -36,7 +36,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--config", help="model config, e.g. paper or tiny (default: the checkpoint's, else paper)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="(default: fp32)")
+    g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16", "auto"),
+        help="(default: fp32) fp16 needs CUDA; auto: fp16 on a GPU (bf16 if the native fp16 engine overflows), "
+        "fp32 on CPU",
+    )
     g.add_argument(
         "--backend",
         default="torch",

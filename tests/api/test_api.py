@@ -50,7 +50,7 @@ class TestLoad:
         ("kwargs", "error", "message"),
         [
             ({"device": "tpu"}, InputError, "unknown device"),
-            ({"precision": "fp8"}, InputError, "precision must be one of"),
+            ({"precision": "fp8"}, InputError, "precision must be one of fp32, fp16, bf16, auto"),
             ({"precision": "fp16", "device": "cpu"}, InputError, "needs a CUDA device"),
             ({"backend": "onnx"}, InputError, "backend must be one of"),
             ({"backend": "tensorrt"}, NativeExtensionError, "TensorRT is not installed"),
@@ -60,6 +60,10 @@ class TestLoad:
     def test_bad_load_arguments(self, kwargs, error, message):
         with pytest.raises(error, match=message):
             pyagingrt.load("toy", **{"device": "cpu", **kwargs})
+
+    @pytest.mark.parametrize("backend", ["torch", "native"])
+    def test_auto_precision_is_fp32_on_cpu(self, backend):
+        assert load_toy(precision="auto", backend=backend).precision == "fp32"
 
     def test_save_then_load_is_bit_identical(self, tmp_path):
         eng = load_toy()
@@ -172,3 +176,22 @@ class TestAge:
         assert info["parameters"] == sum(p.numel() for p in load_toy().module.parameters())
         assert info["gflop_per_image"] > 0
         assert info["age_groups"][0].startswith("0: 0-29")
+
+
+def test_auto_precision_falls_back_to_bf16_when_fp16_overflows():
+    from pyagingrt.api import build_with_bf16_fallback
+
+    built = []
+
+    def build(dtype):
+        built.append(dtype)
+        if dtype == torch.float16:
+            raise pyagingrt.NumericalError("the fp16 native toy engine overflows (NaN/Inf)")
+        return dtype
+
+    with pytest.warns(pyagingrt.PrecisionFallbackWarning, match="chose bf16 because the fp16 engine overflows"):
+        assert build_with_bf16_fallback(build, "toy") == torch.bfloat16
+    assert built == [torch.float16, torch.bfloat16]
+    built.clear()
+    assert build_with_bf16_fallback(lambda dt: built.append(dt) or dt, "toy") == torch.float16  # no warning
+    assert built == [torch.float16]
