@@ -8,7 +8,8 @@ with or without ``--profile``. Per variant it writes into DIR
 
 and returns a :class:`ProfileSummary` whose rows are the top ops by share of the total self time: self device
 (GPU) time on CUDA, self CPU time on CPU. Self time is the time inside an op less the time in the ops it calls,
-so the shares of all ops add up to 100% and no time is counted twice.
+so the shares of all ops add up to 100% and no time is counted twice. On CPU, oneDNN transposed convolutions
+run inside ``aten::_convolution`` (they have no op of their own), so a large self time there is theirs.
 
 With CUDA graphs (the native engine on a GPU) the model's kernels run inside graph launches; for a per-kernel
 breakdown profile with ``--profile-no-graphs`` (same engine, graphs bypassed for the profile pass only) or run

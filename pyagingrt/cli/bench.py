@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="time the models: torch eager vs torch.compile vs native, same inputs, one run",
         description="Time each model side by side on the same rotating random inputs (random weights: speed "
-        "does not depend on them): ms per batch, images/s, achieved TFLOP/s, %% of the GPU's dense fp16 peak, "
+        "does not depend on them): ms per batch, images/s, achieved TFLOP/s, % of the GPU's dense fp16 peak, "
         "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
         "a GPU, wall-clock medians on CPU. With --profile DIR, each variant is then profiled apart "
         "(torch.profiler, after its timed calls, so the figures do not change): DIR gets its top-25 op table "
