@@ -4,7 +4,8 @@ Protocol (notes/performance.md section 7.5): random weights, rotating random inp
 first, then the median of CUDA-event timings (wall clock on CPU) over ``iters`` calls; FLOPs from
 FlopCounterMode on one image; achieved TFLOP/s and % of the GPU's dense fp16 peak; build (or compile) time
 reported apart. Every variant of one model and batch is timed in the same process on the same inputs, so
-the speed-ups printed are ratios measured side by side.
+the speed-ups printed are ratios measured side by side. With ``profile=`` a short torch.profiler pass runs after
+each variant's timed calls (pyagingrt/profiling.py), so it never changes the figures.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from .api import Engine, RandomWeightsWarning, load
 from .errors import AgingError, InputError
+from .profiling import GRAPHS_NOTE, ProfileOptions, ProfileSummary, prepare_profile_dir, profile_calls
 
 # Dense fp16/bf16 tensor-core peaks in TFLOP/s (datasheets; notes/performance.md section 1.1).
 GPU_FP16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "V100": 125.0, "L4": 121.0, "T4": 65.0}
@@ -52,6 +54,8 @@ class BenchResult:
     gflop_per_image: float | None = None
     error: str | None = None
     samples_ms: list[float] = field(default_factory=list)
+    profile: ProfileSummary | None = None  # with --profile: the top ops of a profiled pass after the timed calls
+    profile_error: str | None = None
 
 
 def gpu_peak_tflops(device: torch.device) -> float | None:
@@ -83,12 +87,18 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     return time_cpu
 
 
-def _make_runner(engine: Engine, compiled: bool, batch: int) -> tuple[Callable[[Tensor, Tensor], Tensor], Any]:
-    """fn(pixels, targets) for the engine's model, and the validated default options."""
+def _make_runner(
+    engine: Engine, compiled: bool, batch: int, *, graphs: bool = True
+) -> tuple[Callable[[Tensor, Tensor], Tensor], Any]:
+    """fn(pixels, targets) for the engine's model, and the validated default options. ``graphs=False`` makes
+    a native engine bypass its CUDA graphs (the profile pass's per-kernel view); other engines ignore it."""
+    from .backends.native import NativeEngine
+
     options = engine.adapter.validate_options(engine.config, batch, {})
     generator = torch.Generator().manual_seed(0)
     if not compiled:
-        return (lambda x, t: engine._run(x, t, generator, options)), options
+        call = engine._run_eager if not graphs and isinstance(engine, NativeEngine) else engine._run
+        return (lambda x, t: call(x, t, generator, options)), options
 
     adapter, module = engine.adapter, engine.module
 
@@ -115,6 +125,7 @@ def bench_one(
     warmup: int,
     iters: int,
     inputs: int = 3,
+    profile: ProfileOptions | None = None,
 ) -> BenchResult:
     backend, compiled = VARIANTS[variant]
     result = BenchResult(model, config or "default", variant, precision, batch, str(device))
@@ -154,7 +165,42 @@ def bench_one(
     result.tflops = result.gflop_per_image * batch / result.ms_per_batch  # GFLOP per ms == TFLOP/s
     peak = gpu_peak_tflops(device)
     result.pct_of_peak = None if peak is None else 100.0 * result.tflops / peak
+    if profile is not None:  # after the timed calls, so the figures above are the same with or without it
+        try:
+            result.profile = _profile_variant(result, engine, compiled, run, pixels, targets, profile)
+        except RuntimeError as exc:  # a failing profiler must not lose the timings
+            result.profile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return result
+
+
+def _profile_stem(r: BenchResult, bypassed_graphs: bool) -> str:
+    """File name stem of one variant's profile outputs, e.g. ``acgan_paper_b1_native_fp32``."""
+    return f"{r.model}_{r.config}_b{r.batch}_{r.variant}_{r.precision}" + ("_nographs" if bypassed_graphs else "")
+
+
+def _profile_variant(
+    r: BenchResult,
+    engine: Engine,
+    compiled: bool,
+    run: Callable[[Tensor, Tensor], Tensor],
+    pixels: Sequence[Tensor],
+    targets: Tensor,
+    options: ProfileOptions,
+) -> ProfileSummary:
+    """Record ``options.iters`` calls of an already warmed-up variant on the same rotating inputs."""
+    graphs = getattr(engine, "graphs", None)  # a native engine's CUDA graph cache, None elsewhere
+    defaults = engine.adapter.validate_options(engine.config, r.batch, {})
+    graphs_on = graphs is not None and engine.runner.graph_safe(defaults)
+    bypass = graphs_on and not options.graphs
+    if bypass:
+        run, _ = _make_runner(engine, compiled, r.batch, graphs=False)
+        run(pixels[0], targets)  # warm the eager path (cuDNN, allocator) outside the profile
+    note = GRAPHS_NOTE if graphs_on and options.graphs else None
+    calls = [lambda i=i: run(pixels[i % len(pixels)], targets) for i in range(options.iters)]
+    title = f"agingrt bench profile: {r.model} ({r.config}) batch {r.batch}, {r.variant} {r.precision} on {r.device}"
+    if bypass:
+        title += ", CUDA graphs bypassed for this profile"
+    return profile_calls(calls, engine.device, options, _profile_stem(r, bypass), title=title, note=note)
 
 
 def run_bench(
@@ -168,16 +214,23 @@ def run_bench(
     warmup: int = 3,
     iters: int = 10,
     progress: Callable[[BenchResult], None] | None = None,
+    profile: ProfileOptions | None = None,
 ) -> list[BenchResult]:
     for v in variants:
         if v not in VARIANTS:
             raise InputError(f"unknown backend variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if profile is not None:
+        if profile.iters < 1:
+            raise InputError(f"--profile-iters must be >= 1, got {profile.iters}")
+        prepare_profile_dir(profile.out_dir)  # a bad folder fails before any timing
     results = []
     for model in models:
         for batch in batches:
             for variant in variants:
                 for precision in precisions:
-                    r = bench_one(model, config, variant, precision, batch, device, warmup=warmup, iters=iters)
+                    r = bench_one(
+                        model, config, variant, precision, batch, device, warmup=warmup, iters=iters, profile=profile
+                    )
                     results.append(r)
                     if progress is not None:
                         progress(r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 
 def _csv(text: str) -> list[str]:
@@ -16,9 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="time the models: torch eager vs torch.compile vs native, same inputs, one run",
         description="Time each model side by side on the same rotating random inputs (random weights: speed "
-        "does not depend on them): ms per batch, images/s, achieved TFLOP/s, %% of the GPU's dense fp16 peak, "
+        "does not depend on them): ms per batch, images/s, achieved TFLOP/s, % of the GPU's dense fp16 peak, "
         "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
-        "a GPU, wall-clock medians on CPU.",
+        "a GPU, wall-clock medians on CPU. With --profile DIR, each variant is then profiled apart "
+        "(torch.profiler, after its timed calls, so the figures do not change): DIR gets its top-25 op table "
+        "(.txt) and a Chrome trace (.trace.json, open in chrome://tracing or ui.perfetto.dev), and the terminal "
+        "shows where the time goes. On a GPU the native engine's kernels run inside CUDA graph launches: add "
+        "--profile-no-graphs to see each kernel, or run the bench under `nsys profile --cuda-graph-trace=node`.",
     )
     p.add_argument("--model", default="all", help="all, or a comma list of ageflow,acgan,cusp,pada (default: all)")
     p.add_argument(
@@ -40,6 +45,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny configs, batch 1, 1 warm-up, 3 iterations: a smoke run")
     p.add_argument("--json", default=None, help="write every measurement and the environment to this JSON file")
     p.add_argument("--plot", default=None, help="write a bar chart of images/s to this PNG file")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="after each variant's timed calls, profile a few more with torch.profiler (CPU, plus CUDA on a GPU) "
+        "and write its op table (top 25 by self GPU time, or self CPU time on CPU) and Chrome trace into DIR "
+        "(created if missing); prints the top ops of each variant with their share of the time",
+    )
+    p.add_argument(
+        "--profile-iters", type=int, default=None, help="calls recorded per variant by --profile (default: 3)"
+    )
+    p.add_argument(
+        "--profile-shapes", action="store_true", help="record input shapes in the --profile traces (larger files)"
+    )
+    p.add_argument(
+        "--profile-no-graphs",
+        action="store_true",
+        help="profile the native engine with its CUDA graphs bypassed (the timed calls still use them), so each "
+        "kernel shows by name instead of inside one graph launch",
+    )
     p.set_defaults(func=run)
 
 
@@ -50,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from pyagingrt.benchmark import format_table, plot_bars, run_bench, write_json
     from pyagingrt.errors import InputError
     from pyagingrt.models.registry import get_adapter, model_names
+    from pyagingrt.profiling import ProfileOptions, format_summary
 
     device = _resolve_device(args.device)
     models = list(model_names()) if args.model == "all" else _csv(args.model)
@@ -69,6 +95,13 @@ def run(args: argparse.Namespace) -> int:
     variants = (
         _csv(args.backends) if args.backends else (["eager", "compile", "native"] if gpu else ["eager", "native"])
     )
+    profile = None
+    if not args.profile and (args.profile_iters is not None or args.profile_shapes or args.profile_no_graphs):
+        raise InputError("--profile-iters, --profile-shapes and --profile-no-graphs need --profile DIR")
+    if args.profile:
+        profile_iters = 3 if args.profile_iters is None else args.profile_iters
+        no_graphs, shapes = args.profile_no_graphs, args.profile_shapes
+        profile = ProfileOptions(Path(args.profile), profile_iters, record_shapes=shapes, graphs=not no_graphs)
     where = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"agingrt bench on {where}, torch {torch.__version__}; random weights (speed does not depend on them)")
 
@@ -77,9 +110,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r.model} {r.variant} {r.precision} batch {r.batch}: {state}", file=sys.stderr, flush=True)
 
     results = run_bench(
-        models, batch_list, precisions, variants, device, config=config, warmup=warmup, iters=iters, progress=progress
+        models,
+        batch_list,
+        precisions,
+        variants,
+        device,
+        config=config,
+        warmup=warmup,
+        iters=iters,
+        progress=progress,
+        profile=profile,
     )
     print(format_table(results))
+    if profile is not None:
+        print(f"\nwhere the time goes (torch.profiler, {profile.iters} calls per variant after the timed ones):")
+        for r in results:
+            label = f"{r.model} ({r.config}) batch {r.batch}, {r.variant} {r.precision}"
+            if r.profile is not None:
+                print(format_summary(label, r.profile))
+            elif r.error is None:
+                print(f"  {label}: not profiled: {r.profile_error}")
     command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if args.json:
         print(f"wrote {write_json(results, args.json, command)}")
