@@ -1,11 +1,21 @@
 // torch adapter for the guided-backprop mask ops: schema, validation, CPU / CUDA / Meta implementations.
 //   torch.ops.agingrt.guided_relu_backward(grad_out, act) -> grad_in
+//   torch.ops.agingrt.guided_backprop_mask_taps(kernel_size, sigma, *, device) -> taps [K] float64, built on the host
+//   torch.ops.agingrt.guided_backprop_mask_with_taps(grad, taps) -> mask [B, 1, H, W]
 //   torch.ops.agingrt.guided_backprop_mask(grad, kernel_size, sigma) -> mask [B, 1, H, W]
+// The sigma entry is the two others in sequence (taps on the host, then the with-taps path), so for the same
+// (kernel_size, sigma) they give the same bits by construction.
+//
+// CUDA-graph safety: guided_relu_backward and guided_backprop_mask_with_taps are graph-safe. They check only
+// metadata (shapes, dtypes, devices; never a tensor value, never a device-to-host copy), allocate their outputs
+// and workspace with ATen (the caching allocator serves them during capture) and launch on the current stream.
+// guided_backprop_mask builds its taps on the host and copies them to the device on every call: not capturable.
 // No autograd: the mask is detached (specs/cusp.md section 3.6) and the backward is run explicitly.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 
 #include "kernels/guided_backprop_mask.h"
 #include "ops/op_utils.h"
@@ -20,6 +30,8 @@ namespace {
 
 constexpr const char* kReluOp = "guided_relu_backward";
 constexpr const char* kMaskOp = "guided_backprop_mask";
+constexpr const char* kTapsBuilderOp = "guided_backprop_mask_taps";
+constexpr const char* kTapsOp = "guided_backprop_mask_with_taps";
 
 // ---- guided_relu_backward ----------------------------------------------------------------------------
 
@@ -65,16 +77,30 @@ at::Tensor guided_relu_backward_meta(const at::Tensor& grad_out, const at::Tenso
 
 // ---- guided_backprop_mask ------------------------------------------------------------------------------
 
-void validate_mask(const at::Tensor& grad, int64_t kernel_size, double sigma) {
-    AGINGRT_CHECK_ARG(grad.dim() == 4, kMaskOp, "grad must be 4-D [B, C, H, W] (the input gradient), got shape ",
+void validate_grad(const at::Tensor& grad, const char* op) {
+    AGINGRT_CHECK_ARG(grad.dim() == 4, op, "grad must be 4-D [B, C, H, W] (the input gradient), got shape ",
                       shape_str(grad));
-    check_floating(grad, "grad", kMaskOp);
-    AGINGRT_CHECK_ARG(grad.size(1) >= 1, kMaskOp, "grad must have at least one channel, got shape ", shape_str(grad));
-    AGINGRT_CHECK_ARG(grad.size(2) * grad.size(3) >= 2, kMaskOp,
+    check_floating(grad, "grad", op);
+    AGINGRT_CHECK_ARG(grad.size(1) >= 1, op, "grad must have at least one channel, got shape ", shape_str(grad));
+    AGINGRT_CHECK_ARG(grad.size(2) * grad.size(3) >= 2, op,
                       "grad must have at least 2 pixels (the unbiased std needs two), got shape ", shape_str(grad));
-    AGINGRT_CHECK_ARG(kernel_size >= 1 && kernel_size % 2 == 1, kMaskOp,
+}
+
+void validate_blur(int64_t kernel_size, double sigma, const char* op) {
+    AGINGRT_CHECK_ARG(kernel_size >= 1 && kernel_size % 2 == 1, op,
                       "kernel_size must be a positive odd number (CUSP: 2*floor(29*H/448)+1), got ", kernel_size);
-    AGINGRT_CHECK_ARG(std::isfinite(sigma) && sigma >= 0.0, kMaskOp, "sigma must be finite and >= 0, got ", sigma);
+    AGINGRT_CHECK_ARG(std::isfinite(sigma) && sigma >= 0.0, op, "sigma must be finite and >= 0, got ", sigma);
+}
+
+// Metadata only: the taps' values are never read here (they may live on the GPU).
+void validate_taps(const at::Tensor& grad, const at::Tensor& taps) {
+    AGINGRT_CHECK_ARG(taps.dim() == 1 && taps.size(0) % 2 == 1, kTapsOp,
+                      "taps must be 1-D [K] with K odd (guided_backprop_mask_taps builds them), got shape ",
+                      shape_str(taps));
+    TORCH_CHECK_TYPE(taps.scalar_type() == at::kDouble, kTapsOp,
+                     ": taps must be float64 (the kernels round them once to their working precision), got ",
+                     taps.scalar_type());
+    check_same_device(grad, "grad", taps, "taps", kTapsOp);
 }
 
 at::ScalarType mask_dtype(const at::Tensor& grad) {
@@ -82,7 +108,12 @@ at::ScalarType mask_dtype(const at::Tensor& grad) {
     return grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// K normalised Gaussian taps in float64, g[n] = exp(-(n - (K-1)/2)^2 / (2 sigma^2)) / sum; sigma 0 = impulse.
+at::Tensor empty_mask(const at::Tensor& grad) {
+    return at::empty({grad.size(0), 1, grad.size(2), grad.size(3)}, grad.options().dtype(mask_dtype(grad)));
+}
+
+// K normalised Gaussian taps in float64 on the host, g[n] = exp(-(n - (K-1)/2)^2 / (2 sigma^2)) / sum; sigma 0 =
+// impulse.
 at::Tensor gaussian_taps(int64_t kernel_size, double sigma) {
     at::Tensor taps = at::zeros({kernel_size}, at::TensorOptions().dtype(at::kDouble));
     double* t = taps.data_ptr<double>();
@@ -101,6 +132,14 @@ at::Tensor gaussian_taps(int64_t kernel_size, double sigma) {
         t[n] /= sum;
     }
     return taps;
+}
+
+// Built on the host, then moved to `device` (if given) in one copy. The device argument also makes the op a
+// factory that FakeTensorMode can run (it passes the fake device), so it traces like torch.zeros.
+at::Tensor guided_backprop_mask_taps_impl(int64_t kernel_size, double sigma, std::optional<at::Device> device) {
+    validate_blur(kernel_size, sigma, kTapsBuilderOp);
+    const at::Tensor taps = gaussian_taps(kernel_size, sigma);
+    return device.has_value() ? taps.to(*device) : taps;
 }
 
 GuidedBackpropMaskParams make_mask_params(const at::Tensor& grad, const at::Tensor& taps, at::Tensor& mask) {
@@ -122,35 +161,60 @@ GuidedBackpropMaskParams make_mask_params(const at::Tensor& grad, const at::Tens
     return p;
 }
 
-at::Tensor guided_backprop_mask_cpu_impl(const at::Tensor& grad, int64_t kernel_size, double sigma) {
-    validate_mask(grad, kernel_size, sigma);
-    const at::Tensor taps = gaussian_taps(kernel_size, sigma);
-    at::Tensor mask = at::empty({grad.size(0), 1, grad.size(2), grad.size(3)}, grad.options().dtype(mask_dtype(grad)));
-    check_status(guided_backprop_mask_cpu(make_mask_params(grad, taps, mask)), kMaskOp, "CPU");
+at::Tensor with_taps_cpu_impl(const at::Tensor& grad, const at::Tensor& taps) {
+    validate_grad(grad, kTapsOp);
+    validate_taps(grad, taps);
+    const at::Tensor t = taps.contiguous();
+    at::Tensor mask = empty_mask(grad);
+    check_status(guided_backprop_mask_cpu(make_mask_params(grad, t, mask)), kTapsOp, "CPU");
     return mask;
 }
 
+at::Tensor with_taps_meta_impl(const at::Tensor& grad, const at::Tensor& taps) {
+    validate_grad(grad, kTapsOp);
+    validate_taps(grad, taps);
+    return empty_mask(grad);
+}
+
+#ifdef AGINGRT_WITH_CUDA
+at::Tensor with_taps_cuda_impl(const at::Tensor& grad, const at::Tensor& taps) {
+    validate_grad(grad, kTapsOp);
+    validate_taps(grad, taps);
+    AGINGRT_CHECK_ARG(grad.scalar_type() != at::kDouble, kTapsOp,
+                      "float64 grad is CPU-only; use float32, float16 or bfloat16 on CUDA");
+    const c10::cuda::CUDAGuard guard(grad.device());
+    const at::Tensor t = taps.contiguous();
+    at::Tensor mask = empty_mask(grad);
+    const size_t bytes = guided_backprop_mask_workspace_bytes(grad.size(0), grad.size(2), grad.size(3));
+    at::Tensor workspace =
+        at::empty({static_cast<int64_t>(bytes / sizeof(float))}, grad.options().dtype(at::kFloat));  // [2*B*H*W]
+    GuidedBackpropMaskParams p = make_mask_params(grad, t, mask);
+    p.workspace = workspace.data_ptr();
+    check_status(guided_backprop_mask_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), kTapsOp, "CUDA");
+    return mask;
+}
+#endif
+
+// The sigma entry: taps on the host, then the with-taps path.
+at::Tensor guided_backprop_mask_cpu_impl(const at::Tensor& grad, int64_t kernel_size, double sigma) {
+    validate_grad(grad, kMaskOp);
+    validate_blur(kernel_size, sigma, kMaskOp);
+    return with_taps_cpu_impl(grad, gaussian_taps(kernel_size, sigma));
+}
+
 at::Tensor guided_backprop_mask_meta(const at::Tensor& grad, int64_t kernel_size, double sigma) {
-    validate_mask(grad, kernel_size, sigma);
-    return at::empty({grad.size(0), 1, grad.size(2), grad.size(3)}, grad.options().dtype(mask_dtype(grad)));
+    validate_grad(grad, kMaskOp);
+    validate_blur(kernel_size, sigma, kMaskOp);
+    return empty_mask(grad);
 }
 
 #ifdef AGINGRT_WITH_CUDA
 at::Tensor guided_backprop_mask_cuda_impl(const at::Tensor& grad, int64_t kernel_size, double sigma) {
-    validate_mask(grad, kernel_size, sigma);
+    validate_grad(grad, kMaskOp);
+    validate_blur(kernel_size, sigma, kMaskOp);
     AGINGRT_CHECK_ARG(grad.scalar_type() != at::kDouble, kMaskOp,
                       "float64 grad is CPU-only; use float32, float16 or bfloat16 on CUDA");
-    const c10::cuda::CUDAGuard guard(grad.device());
-    // Taps are made on the host in float64 and copied once (the engine keeps a device copy per kernel size).
-    const at::Tensor taps = gaussian_taps(kernel_size, sigma).to(grad.device());
-    at::Tensor mask = at::empty({grad.size(0), 1, grad.size(2), grad.size(3)}, grad.options().dtype(at::kFloat));
-    const size_t bytes = guided_backprop_mask_workspace_bytes(grad.size(0), grad.size(2), grad.size(3));
-    at::Tensor workspace =
-        at::empty({static_cast<int64_t>(bytes / sizeof(float))}, grad.options().dtype(at::kFloat));  // [2*B*H*W]
-    GuidedBackpropMaskParams p = make_mask_params(grad, taps, mask);
-    p.workspace = workspace.data_ptr();
-    check_status(guided_backprop_mask_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), kMaskOp, "CUDA");
-    return mask;
+    return with_taps_cuda_impl(grad, gaussian_taps(kernel_size, sigma).to(grad.device()));
 }
 #endif
 
@@ -159,22 +223,32 @@ at::Tensor guided_backprop_mask_cuda_impl(const at::Tensor& grad, int64_t kernel
 TORCH_LIBRARY_FRAGMENT(agingrt, m) {
     m.def("guided_relu_backward(Tensor grad_out, Tensor act) -> Tensor");
     m.def("guided_backprop_mask(Tensor grad, int kernel_size, float sigma) -> Tensor");
+    m.def("guided_backprop_mask_taps(int kernel_size, float sigma, *, Device? device=None) -> Tensor");
+    m.def("guided_backprop_mask_with_taps(Tensor grad, Tensor taps) -> Tensor");
+}
+
+// No tensor argument, so no backend to dispatch on: CompositeExplicitAutograd also serves that case.
+TORCH_LIBRARY_IMPL(agingrt, CompositeExplicitAutograd, m) {
+    m.impl("guided_backprop_mask_taps", &guided_backprop_mask_taps_impl);
 }
 
 TORCH_LIBRARY_IMPL(agingrt, CPU, m) {
     m.impl("guided_relu_backward", &guided_relu_backward_impl);
     m.impl("guided_backprop_mask", &guided_backprop_mask_cpu_impl);
+    m.impl("guided_backprop_mask_with_taps", &with_taps_cpu_impl);
 }
 
 TORCH_LIBRARY_IMPL(agingrt, Meta, m) {
     m.impl("guided_relu_backward", &guided_relu_backward_meta);
     m.impl("guided_backprop_mask", &guided_backprop_mask_meta);
+    m.impl("guided_backprop_mask_with_taps", &with_taps_meta_impl);
 }
 
 #ifdef AGINGRT_WITH_CUDA
 TORCH_LIBRARY_IMPL(agingrt, CUDA, m) {
     m.impl("guided_relu_backward", &guided_relu_backward_impl);
     m.impl("guided_backprop_mask", &guided_backprop_mask_cuda_impl);
+    m.impl("guided_backprop_mask_with_taps", &with_taps_cuda_impl);
 }
 #endif
 

@@ -28,18 +28,24 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    bilinear resize's adjoint as two small matrices (its exact weights, tabulated by resizing an identity),
    and the preprocessing's x 127.5. The BGR swap is folded into conv1_1's input channels (a permutation).
    For ``all`` the seed ones @ W8 is the column sum of fc8, precomputed (fc8's forward is then not needed).
+   Eq. (1) then runs in the compiled ``guided_backprop_mask_with_taps`` op, with its float64 blur taps built
+   once at load time (``guided_backprop_mask_taps``: they depend only on the config) and kept on the device.
    No autograd and no host reads, so the mask is part of the CUDA graph. In fp16/bf16 the gradient is
    rescaled per sample by its max-abs after the FC head and after every pool: the guided backward is
    positively homogeneous per sample and M is invariant to G's scale, so this only prevents underflow.
-7. **Skip blur from per-sample taps.** prepare() builds each sample's 1-D Gaussian taps (float64 -> float32,
-   as the oracle) and a gate [sigma_m > 0]; forward blurs with grouped convolutions (one group per (sample,
-   channel)), so no sigma is read on the host. M * gate keeps sigma_m = 0 exact: the blend is then
-   0 * F_m + 1 * F_g = F_g, as the model's early return.
+7. **Skip blur from precomputed tables.** The model's two ``masked_gaussian_blur`` calls (``CUSP.skip_blur``:
+   F_g = blend(F; s_g, s_g), then blend(F_g; s_m, 0)) run as the compiled, graph-safe
+   ``masked_gaussian_blur_with_taps`` op. prepare() builds both calls' per-sample taps and flags on the host
+   (``masked_gaussian_blur_tables``, the same builder the sigma op uses, so the blur is the op's bit for bit)
+   and moves them to the device with the other inputs: they are static graph inputs, and no sigma is read on
+   the host in forward. The flags keep the special cases exact, as in the model: s_g = s_g skips the blend (M
+   unused), sigma 0 is the identity, and a sample with sigma_m = 0 gets F_g back unchanged.
 8. **Graph key.** Sigmas, seeds and ages are input tensors, so one graph per (noise mode, mask needed) serves
    every value; the DEX pass is skipped, as in the model, when no sample blurs inside the mask.
 
 Precision (spec 9): conv weights and activations in the engine dtype (``channels_last`` on CUDA); the MLPs,
-s, d, the skip blur, the mask statistics and the RGB accumulator in fp32.
+s, d, the skip blur, the mask reduction (fp32 gradient in, fp32 mask out; the op accumulates its statistics in
+float64) and the RGB accumulator in fp32.
 
 Not done: phase decomposition of conv0's transposed conv (cuDNN/oneDNN run it as a convolution data gradient
 without zero insertion, so with library kernels it saves no MACs); zero-padding the 292/146 channels to
@@ -57,8 +63,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..ops.guided_backprop_mask import guided_backprop_mask_taps, guided_backprop_mask_with_taps
 from ..ops.guided_backprop_mask import guided_relu_backward as _guided_relu_backward_op
-from ..training.layers.masked_gaussian_blur import gaussian_kernel1d
+from ..ops.masked_gaussian_blur import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
 from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, normalize_2nd_moment, upsample2d
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
 from .runner import NativeRunner
@@ -71,29 +78,6 @@ NOISE_MODES = ("const", "random", "none")
 def guided_relu_backward(grad_out: Tensor, act: Tensor) -> Tensor:
     """g [act > 0] [g > 0]: the compiled op when the extension is built, else the oracle."""
     return _guided_relu_backward_op(grad_out, act, impl="auto")
-
-
-def mask_from_gradient(grad: Tensor, taps: Tensor) -> Tensor:
-    """Eq. (1) reduction of the input gradient, equal to ``training.layers.guided_backprop_mask.structure_mask``
-    but with the blur taps built at load time (the oracle builds them on the host on every call).
-
-    Not the compiled ``guided_backprop_mask`` op yet: its adapter copies the taps to the device on every call,
-    which a CUDA graph cannot capture; the op needs a precomputed-taps argument first.
-
-    Args:
-        grad: Tensor[B, 3, H, W] input gradient, any float dtype (the statistics run in fp32).
-        taps: float32 Tensor[K] Gaussian taps.
-
-    Returns:
-        float32 Tensor[B, 1, H, W] in [0, 1].
-    """
-    a = grad.float().abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
-    a = a / (a.flatten(1).std(dim=1)[:, None, None, None] + 1e-15)  # [B, 1, H, W]
-    pad = (taps.numel() - 1) // 2
-    blurred = F.conv2d(a, taps.view(1, 1, 1, -1), padding=(0, pad))  # [B, 1, H, W] rows
-    blurred = F.conv2d(blurred, taps.view(1, 1, -1, 1), padding=(pad, 0))  # [B, 1, H, W] columns
-    tau = 2 * blurred.flatten(1).std(dim=1, unbiased=True)[:, None, None, None] + 1e-15  # [B, 1, 1, 1]
-    return (blurred / tau).clamp(max=1.0)  # [B, 1, H, W]
 
 
 # --- build-time helpers -------------------------------------------------------------------------------------
@@ -289,7 +273,7 @@ class CUSPRunner(NativeRunner):
         self.seed_all = self._dev(dex.fc8_101.weight.double().sum(dim=0), self.dtype)  # [fc]: ones @ W8
         resize = cfg.resolution != self.dex_res
         self.resize = self._dev(resize_matrix(cfg.resolution, self.dex_res)) if resize else None  # [r, H]
-        self.mask_taps = self._dev(gaussian_kernel1d(cfg.gb_sigma, cfg.gb_kernel_size))  # [k_gb]
+        self.mask_taps = guided_backprop_mask_taps(cfg.gb_kernel_size, cfg.gb_sigma, device=self.device)  # [k_gb] f64
 
     # --- the NativeRunner contract -------------------------------------------------------------------------
     def graph_key(self, options: dict[str, Any]) -> tuple[str, bool]:
@@ -303,7 +287,7 @@ class CUSPRunner(NativeRunner):
     def prepare(
         self, images: Tensor, targets: Tensor, generator: torch.Generator | None, options: dict[str, Any]
     ) -> dict[str, Tensor]:
-        """Validate on the host, draw 'random' noise, build the blur taps.
+        """Validate on the host, draw 'random' noise, build the skip-blur tables.
 
         Args:
             images: Tensor[B, 3, H, H] in [0, 1].
@@ -312,9 +296,11 @@ class CUSPRunner(NativeRunner):
             options: as returned by ``adapter.validate_options``.
 
         Returns:
-            {"images": float32 [B, 3, H, H], "ages": int64 [B], "taps_g"/"taps_m": float32 [B, K] per-sample
-            1-D skip-blur taps, "gate": float32 [B] (sigma_m > 0), and for 'random' noise "noise.b{R}.conv{j}":
-            float32 [B, 1, R, R] maps already times their strength}, on the runner's device.
+            {"images": float32 [B, 3, H, H], "ages": int64 [B], "blur_g.taps"/"blur_m.taps": float32
+            [B, 2, K] and "blur_g.flags"/"blur_m.flags": int32 [B], the tables of the skip blur's two
+            masked_gaussian_blur calls (sigmas (s_g, s_g), then (s_m, 0), in skip pixels), and for 'random' noise
+            "noise.b{R}.conv{j}": float32 [B, 1, R, R] maps already times their strength}, on the runner's
+            device.
         """
         cfg = self.config
         size = cfg.resolution
@@ -339,18 +325,16 @@ class CUSPRunner(NativeRunner):
         skip_size = size >> SKIP_LEVEL
         kernel = skip_blur_kernel_size(skip_size)
         scale = skip_size / size  # sigma_hat = sigma * S / H skip pixels, as CUSP.skip_blur
-
-        def taps(sigmas: tuple[float, ...]) -> Tensor:
-            rows = [gaussian_kernel1d(float(s) * scale, kernel) for s in sigmas]  # float64, delta at sigma 0
-            return torch.stack(rows).float() if rows else torch.empty(0, kernel)  # [B, K]
-
+        s_m = [float(s) * scale for s in options["sigma_m"]]  # [B]
+        s_g = [float(s) * scale for s in options["sigma_g"]]  # [B]
         inputs = {
             "images": images.to(self.device, torch.float32),  # [B, 3, H, H]
             "ages": targets.to(self.device, torch.int64),  # [B]
-            "taps_g": taps(options["sigma_g"]).to(self.device),  # [B, K]
-            "taps_m": taps(options["sigma_m"]).to(self.device),  # [B, K]
-            "gate": torch.tensor([float(s > 0) for s in options["sigma_m"]], device=self.device),  # [B]
         }
+        # the skip blur in fp32: float32 taps [B, 2, K], int32 flags [B], one pair per masked_gaussian_blur call
+        for name, sigmas in (("blur_g", (s_g, s_g)), ("blur_m", (s_m, [0.0] * batch))):
+            taps, flags = masked_gaussian_blur_tables(*sigmas, kernel, dtype=torch.float32, device=self.device)
+            inputs[f"{name}.taps"], inputs[f"{name}.flags"] = taps, flags
         if mode == "random":
             seeds = options.get("noise_seeds")
             if seeds is None:
@@ -370,14 +354,9 @@ class CUSPRunner(NativeRunner):
         skip, deepest, v = self.encoders(x)  # [B, C2, S, S], [B, Cn, R0, R0], [B, Cn] fp32
         w_s = self.style_mapping(v)  # [B, w_dim] fp32
         styles = F.linear(w_s, self.style_weight, self.style_bias).split(self.style_sizes, dim=1)  # rewrite 2
-        blurred_g = self.blur(skip.float(), inputs["taps_g"])  # [B, C2, S, S] fp32
-        if self._needs_mask(options):
-            mask = F.avg_pool2d(self.mask(x), x.shape[-1] // skip.shape[-1])  # [B, 1, S, S] area resize
-            mask = mask * inputs["gate"][:, None, None, None]  # [B, 1, S, S]; 0 where sigma_m = 0
-            blurred_m = self.blur(blurred_g, inputs["taps_m"])  # [B, C2, S, S]
-            blurred_g = mask * blurred_m + (1 - mask) * blurred_g  # [B, C2, S, S], the model's blend
+        blurred = self.skip_blur(skip.float(), x, inputs, self._needs_mask(options))  # [B, C2, S, S] fp32
         noise = {k[len("noise.") :]: v for k, v in inputs.items() if k.startswith("noise.")}
-        img = self.decode(deepest, blurred_g, inputs["ages"], styles, options.get("noise", "const"), noise)
+        img = self.decode(deepest, blurred, inputs["ages"], styles, options.get("noise", "const"), noise)
         return img.clamp_(-1, 1).add_(1).mul_(0.5)  # [B, 3, H, H]; * 0.5 == / 2 exactly
 
     # --- parts ---------------------------------------------------------------------------------------------
@@ -419,18 +398,18 @@ class CUSPRunner(NativeRunner):
             h = F.leaky_relu(F.linear(h, weight, bias), LRELU_SLOPE) * LRELU_GAIN  # [B, w_dim]
         return h
 
-    @staticmethod
-    def blur(feats: Tensor, taps: Tensor) -> Tensor:
-        """Per-sample separable zero-padded Gaussian: feats [B, C, S, S], taps [B, K] -> [B, C, S, S].
-        One depthwise group per (sample, channel), rows then columns, as the oracle."""
-        batch, channels, height, width = feats.shape
-        kernel = taps.shape[1]
-        pad = (kernel - 1) // 2
-        weight = taps.to(feats.dtype)[:, None, :].expand(batch, channels, kernel).reshape(batch * channels, 1, 1, -1)
-        h = feats.reshape(1, batch * channels, height, width)  # [1, B*C, S, S]
-        h = F.conv2d(h, weight, padding=(0, pad), groups=batch * channels)  # rows
-        h = F.conv2d(h, weight.view(batch * channels, 1, kernel, 1), padding=(pad, 0), groups=batch * channels)
-        return h.view(batch, channels, height, width)
+    def skip_blur(self, skip: Tensor, x: Tensor, inputs: dict[str, Tensor], needs_mask: bool) -> Tensor:
+        """CUSP.skip_blur as the graph-safe op (rewrite 7): c_2 fp32 [B, C2, S, S], x [B, 3, H, H] -> fp32
+        [B, C2, S, S]. Without the mask (every sigma_m = 0) the second call would be the identity: skipped."""
+        batch, _, size, _ = skip.shape
+        if needs_mask:
+            mask = F.avg_pool2d(self.mask(x), x.shape[-1] // size)  # [B, 1, S, S] area resize, fp32
+        else:
+            mask = skip.new_zeros(batch, 1, size, size)  # [B, 1, S, S]; unread: the first call never blends
+        blurred = masked_gaussian_blur_with_taps(skip, mask, inputs["blur_g.taps"], inputs["blur_g.flags"])  # F_g
+        if needs_mask:
+            blurred = masked_gaussian_blur_with_taps(blurred, mask, inputs["blur_m.taps"], inputs["blur_m.flags"])
+        return blurred  # [B, C2, S, S]
 
     def _modulate(self, conv: _ModConv, s: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         """(s / m in the engine dtype [B, I, 1, 1], d m / c in fp32 [B, O, 1, 1]) with m = max_i |s| per sample."""
@@ -478,7 +457,7 @@ class CUSPRunner(NativeRunner):
     # --- rewrite 6: the guided-backprop mask without autograd ----------------------------------------------
     def mask(self, x: Tensor) -> Tensor:
         """Structure mask M (Eq. (1)) of x [B, 3, H, H] fp32 in [-1, 1]: float32 Tensor[B, 1, H, H] in [0, 1]."""
-        return mask_from_gradient(self.dex_input_gradient(x), self.mask_taps)
+        return guided_backprop_mask_with_taps(self.dex_input_gradient(x), self.mask_taps)  # Eq. (1), the op
 
     def _rescale(self, g: Tensor) -> Tensor:
         """Low precision only: g / max|g| per sample (exact for M, see the module docstring)."""
@@ -537,4 +516,4 @@ class CUSPRunner(NativeRunner):
         return full.view(like.shape)
 
 
-__all__ = ["CUSPRunner", "age_tables", "demodulation", "mask_from_gradient", "resize_matrix", "stacked_style_affine"]
+__all__ = ["CUSPRunner", "age_tables", "demodulation", "resize_matrix", "stacked_style_affine"]

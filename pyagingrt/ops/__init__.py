@@ -8,10 +8,12 @@ from .guided_backprop_mask import (
     ChannelAffine,
     guided_backprop_mask,
     guided_backprop_mask_sequential,
+    guided_backprop_mask_taps,
+    guided_backprop_mask_with_taps,
     guided_relu_backward,
 )
 from .inv_conv1x1 import inv_conv1x1
-from .masked_gaussian_blur import masked_gaussian_blur
+from .masked_gaussian_blur import masked_gaussian_blur, masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
 from .modulated_conv2d import modulated_conv2d
 
 __all__ = [
@@ -20,8 +22,12 @@ __all__ = [
     "group_norm_act",
     "guided_backprop_mask",
     "guided_backprop_mask_sequential",
+    "guided_backprop_mask_taps",
+    "guided_backprop_mask_with_taps",
     "guided_relu_backward",
     "inv_conv1x1",
     "masked_gaussian_blur",
+    "masked_gaussian_blur_tables",
+    "masked_gaussian_blur_with_taps",
     "modulated_conv2d",
 ]

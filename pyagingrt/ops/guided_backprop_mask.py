@@ -4,6 +4,10 @@
   ``training.layers.guided_backprop_mask.guided_relu_backward``);
 * :func:`guided_backprop_mask` wraps ``torch.ops.agingrt.guided_backprop_mask``, the Eq. (1) reduction of an
   input gradient to the mask (oracle: ``structure_mask``);
+* :func:`guided_backprop_mask_taps` builds that reduction's blur taps on the host, and
+  :func:`guided_backprop_mask_with_taps` runs the reduction with them: the **CUDA-graph-safe** entry (no host
+  reads, no host-device copies), which :func:`guided_backprop_mask` calls after building its taps, so both give
+  the same bits;
 * :func:`guided_backprop_mask_sequential` runs a VGG-style network forward, keeps what the backward needs,
   and runs the guided backward explicitly (no autograd), as the native engine does for the DEX
   (specs/cusp.md section 3.6; notes/performance.md section 3.5, option A).
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..training.layers.guided_backprop_mask import GuidedReLU, structure_mask
 from ..training.layers.guided_backprop_mask import guided_relu_backward as _relu_oracle
+from ..training.layers.masked_gaussian_blur import gaussian_kernel1d
 from ._dispatch import Impl, use_native
 
 
@@ -58,6 +63,9 @@ def guided_backprop_mask(grad: Tensor, kernel_size: int, sigma: float, *, impl: 
     A = mean_c |G|; A /= std(A) + 1e-15; B~ = zero-padded same-size separable Gaussian blur of A (K taps,
     sigma); tau = 2 * unbiased std(B~) + 1e-15 per image; M = min(B~ / tau, 1). G = 0 gives M = 0.
 
+    Not CUDA-graph safe (the native op copies its taps to the device on every call): inside a captured graph use
+    :func:`guided_backprop_mask_with_taps` with taps from :func:`guided_backprop_mask_taps`.
+
     Args:
         grad: Tensor[B, C, H, W] (H*W >= 2), float32 / float16 / bfloat16 (float64 on CPU), any strides.
         kernel_size: K, positive odd.
@@ -73,6 +81,65 @@ def guided_backprop_mask(grad: Tensor, kernel_size: int, sigma: float, *, impl: 
         return torch.ops.agingrt.guided_backprop_mask(grad, int(kernel_size), float(sigma))
     work = grad if grad.dtype == torch.float64 else grad.float()
     return structure_mask(work, kernel_size, sigma).detach()
+
+
+def guided_backprop_mask_taps(
+    kernel_size: int, sigma: float, *, device: torch.device | str | None = None, impl: Impl = "auto"
+) -> Tensor:
+    """The 1-D Gaussian taps of the Eq. (1) blur, built on the host (host work, once per (K, sigma); not capturable).
+
+    g[n] = exp(-(n - (K-1)/2)^2 / (2 sigma^2)) / sum in float64; sigma 0 gives the unit impulse.
+
+    Args:
+        kernel_size: K, positive odd.
+        sigma: Gaussian standard deviation in pixels, >= 0.
+        device: where to put them (one host-to-device copy); None keeps them on the CPU.
+        impl: "native" (the compiled builder that :func:`guided_backprop_mask` uses, raises if not built),
+            "torch" (the oracle's ``gaussian_kernel1d``) or "auto".
+
+    Returns:
+        float64 Tensor[K] on ``device``; a constant for :func:`guided_backprop_mask_with_taps`.
+    """
+    _check_mask_args(kernel_size, sigma)
+    if use_native(impl):
+        return torch.ops.agingrt.guided_backprop_mask_taps(int(kernel_size), float(sigma), device=device)
+    taps = gaussian_kernel1d(float(sigma), kernel_size)  # [K] float64
+    return taps if device is None else taps.to(device)
+
+
+def _structure_mask_from_taps(grad: Tensor, taps: Tensor) -> Tensor:
+    """``structure_mask`` with the blur taps given: the same ops in the same order, no host reads."""
+    a = grad.abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    a = a / (a.flatten(1).std(dim=1)[:, None, None, None] + 1e-15)  # [B, 1, H, W]
+    pad = (taps.numel() - 1) // 2
+    k = taps.to(a.dtype)  # [K]
+    blurred = F.conv2d(a, k.view(1, 1, 1, -1), padding=(0, pad))  # [B, 1, H, W] rows
+    blurred = F.conv2d(blurred, k.view(1, 1, -1, 1), padding=(pad, 0))  # [B, 1, H, W] columns
+    tau = 2 * blurred.flatten(1).std(dim=1, unbiased=True)[:, None, None, None] + 1e-15  # [B, 1, 1, 1]
+    return (blurred / tau).clamp(max=1.0)  # [B, 1, H, W]
+
+
+def guided_backprop_mask_with_taps(grad: Tensor, taps: Tensor, *, impl: Impl = "auto") -> Tensor:
+    """CUSP Eq. (1) with precomputed blur taps: the CUDA-graph-safe entry of the mask reduction.
+
+    The native op checks only shapes, dtypes and devices (never a value, no device-to-host copy), allocates its
+    output and workspace with ATen and launches on the current stream, so it can be captured in a CUDA graph. For
+    taps from :func:`guided_backprop_mask_taps` it equals :func:`guided_backprop_mask` bit for bit (native). The
+    torch impl runs the oracle's maths (``structure_mask``) with these taps, in float32 (float64 for float64
+    grad), also without host reads.
+
+    Args:
+        grad: Tensor[B, C, H, W] (H*W >= 2), float32 / float16 / bfloat16 (float64 on CPU), any strides.
+        taps: float64 Tensor[K] on grad's device, K odd (their values are not checked).
+        impl: "native" (compiled op, raises if not built), "torch" or "auto".
+
+    Returns:
+        Tensor[B, 1, H, W] in [0, 1]: float64 for float64 grad, else float32. No autograd.
+    """
+    if use_native(impl, grad):
+        return torch.ops.agingrt.guided_backprop_mask_with_taps(grad, taps)
+    work = grad if grad.dtype == torch.float64 else grad.float()
+    return _structure_mask_from_taps(work, taps).detach()
 
 
 class ChannelAffine(nn.Module):
@@ -216,5 +283,7 @@ __all__ = [
     "ChannelAffine",
     "guided_backprop_mask",
     "guided_backprop_mask_sequential",
+    "guided_backprop_mask_taps",
+    "guided_backprop_mask_with_taps",
     "guided_relu_backward",
 ]

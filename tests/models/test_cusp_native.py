@@ -1,10 +1,11 @@
 """CUSP's native runner (pyagingrt/backends/native_cusp.py) against the torch backend, tiny config.
 
 Each rewrite is checked on its own (age tables, stacked style affine, explicit guided backprop with its resize
-adjoint and pool backward, per-sample skip blur) and end to end, with const / random / no noise, explicit
-per-sample sigmas and sigma_m = sigma_g = 0. The CUDA layout (channels_last) and the low-precision code path
-(fp32 MLPs, s / d, blur, mask statistics, RGB accumulator; per-sample gradient rescaling) also run on CPU, the
-latter in bf16; fp16 parity and CUDA-graph replay carry the ``gpu`` mark.
+adjoint and pool backward, the skip blur and the mask reduction through their graph-safe ops) and end to end,
+with const / random / no noise, explicit per-sample sigmas and sigma_m = sigma_g = 0. The CUDA layout
+(channels_last) and the low-precision code path (fp32 MLPs, s / d, blur, mask statistics, RGB accumulator;
+per-sample gradient rescaling) also run on CPU, the latter in bf16; fp16 parity and CUDA-graph replay carry the
+``gpu`` mark.
 
 Weights: ``CUSPAdapter.build`` (the official init, noise strengths N(0, 0.1^2) so the noise modes differ).
 """
@@ -14,25 +15,26 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from pyagingrt import has_native
 from pyagingrt.api import Engine
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_cusp import (
     CUSPRunner,
     age_tables,
     demodulation,
-    mask_from_gradient,
     resize_matrix,
     stacked_style_affine,
 )
 from pyagingrt.errors import InputError
 from pyagingrt.models.cusp import CUSPAdapter
-from pyagingrt.training.layers.guided_backprop_mask import structure_mask
-from pyagingrt.training.layers.masked_gaussian_blur import gaussian_blur, gaussian_kernel1d
+from pyagingrt.ops import guided_backprop_mask
 from pyagingrt.training.layers.modulated_conv2d import demodulation_coefficients
 from pyagingrt.training.models.cusp import CUSP, CUSPConfig
 from tests.parity import assert_low_precision_parity, make_native_engine, make_torch_engine, max_abs_err
 
+native = pytest.mark.skipif(not has_native(), reason="pyagingrt._C is not built")
 ADAPTER = CUSPAdapter()
 TINY = CUSPConfig.tiny()  # 56x56, DEX input 32: the bilinear resize path is live
 TINY_NO_RESIZE = TINY.replace(resolution=32)  # DEX input 32 = H: no resize
@@ -154,10 +156,10 @@ def test_forward_needs_no_host_values():
         inputs = {
             "images": torch.empty(2, 3, size, size, device="meta"),
             "ages": torch.empty(2, dtype=torch.long, device="meta"),
-            "taps_g": torch.empty(2, kernel, device="meta"),
-            "taps_m": torch.empty(2, kernel, device="meta"),
-            "gate": torch.empty(2, device="meta"),
         }
+        for name in ("blur_g", "blur_m"):
+            inputs[f"{name}.taps"] = torch.empty(2, 2, kernel, device="meta")
+            inputs[f"{name}.flags"] = torch.empty(2, dtype=torch.int32, device="meta")
         for res in config.block_resolutions:
             for j in (0, 1):
                 inputs[f"noise.b{res}.conv{j}"] = torch.empty(2, 1, res, res, device="meta")
@@ -165,6 +167,14 @@ def test_forward_needs_no_host_values():
             out = runner.forward(inputs, options)
             assert out.shape == (2, 3, size, size)
             assert out.dtype == torch.float32
+
+
+def test_forward_needs_no_host_values_without_extension(monkeypatch):
+    """A build without _C runs the graph-safe ops' torch impls (impl="auto"): they must read no host value either."""
+    import pyagingrt._extension as ext
+
+    monkeypatch.setattr(ext, "_load", lambda: (None, "pyagingrt._C could not be imported (test)"))
+    test_forward_needs_no_host_values()
 
 
 def test_graph_key_holds_only_what_changes_the_captured_work():
@@ -305,12 +315,16 @@ def test_low_precision_rescale_is_a_positive_per_sample_scale():
     assert torch.equal(out.float() > 0, g.float() > 0)  # signs kept: the guided ReLU masks are unchanged
 
 
-def test_mask_from_gradient_equals_structure_mask():
-    grad = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(5))
-    taps = gaussian_kernel1d(TINY.gb_sigma, TINY.gb_kernel_size).float()
-    ref = structure_mask(grad, TINY.gb_kernel_size, TINY.gb_sigma)
-    assert torch.equal(mask_from_gradient(grad, taps), ref)  # the same fp32 ops in the same order
-    assert torch.equal(mask_from_gradient(torch.zeros_like(grad), taps), torch.zeros(2, 1, 20, 20))  # G = 0: M = 0
+@native
+def test_mask_reduction_is_the_compiled_op():
+    """runner.mask = the Eq. (1) op on the explicit gradient, bit for bit: the load-time taps are the op's own."""
+    runner = native_engine(tiny_module(seed=2)).runner
+    x = images(2) * 2 - 1
+    with torch.no_grad():
+        grad = runner.dex_input_gradient(x)
+        want = guided_backprop_mask(grad, TINY.gb_kernel_size, TINY.gb_sigma, impl="native")
+        assert torch.equal(runner.mask(x), want)
+    assert runner.mask_taps.dtype == torch.float64
 
 
 @pytest.mark.parametrize(("size_in", "size_out"), [(56, 32), (256, 224), (32, 56)])
@@ -335,15 +349,68 @@ def test_pool_backward_routes_ties_like_autograd():
     assert torch.equal(CUSPRunner._unpool(g, index, h), ref)
 
 
-# --- rewrite 7: per-sample skip blur ---------------------------------------------------------------------------
-def test_blur_from_taps_equals_the_oracle_per_sample():
-    feats = torch.randn(3, 4, 14, 14, generator=torch.Generator().manual_seed(8))
-    sigmas, kernel = (0.0, 0.7, 2.24), 5
-    taps = torch.stack([gaussian_kernel1d(s, kernel) for s in sigmas]).float()  # [3, K]
-    out = CUSPRunner.blur(feats, taps)
-    for b, sigma in enumerate(sigmas):
-        torch.testing.assert_close(out[b : b + 1], gaussian_blur(feats[b : b + 1], sigma, kernel), atol=1e-6, rtol=0)
-    assert torch.equal(out[0], feats[0])  # sigma 0: delta taps are the exact identity
+# --- rewrite 7: the skip blur through the graph-safe op ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sigma_m", "sigma_g"),
+    [([9.0, 0.0, 3.0], [0.0, 2.0, 9.0]), ([0.0, 0.0, 0.0], [1.0, 0.0, 4.0]), ([5.0, 5.0, 2.5], [5.0, 0.0, 2.5])],
+    ids=["mixed", "no-mask", "equal-sigmas"],
+)
+def test_skip_blur_equals_the_model(sigma_m, sigma_g):
+    """The runner's two table-driven blur calls against CUSP.skip_blur (two oracle masked_gaussian_blur calls)
+    with the same mask. fp32 both sides, the same taps rounded once to fp32: they differ in summation order
+    only, a few fp32 ulps of |F| <= ~10 (1e-5, FP32_TOL)."""
+    module = tiny_module(seed=2)
+    runner = native_engine(module).runner
+    x = images(3)
+    inputs, opts = prepared(runner, x, AGES[:3], sigma_m=sigma_m, sigma_g=sigma_g)
+    xs = inputs["images"] * 2 - 1
+    with torch.no_grad():
+        skip = runner.encoders(xs)[0].float()  # [B, C2, S, S]
+        needs_mask = runner._needs_mask(opts)
+        got = runner.skip_blur(skip, xs, inputs, needs_mask)
+        size = skip.shape[-1]
+        mask = F.avg_pool2d(runner.mask(xs), H // size) if needs_mask else skip.new_zeros(3, 1, size, size)
+        sm, sg = (torch.tensor(opts[k], dtype=torch.float64) for k in ("sigma_m", "sigma_g"))
+        want = module.skip_blur(skip, mask, sm, sg)
+    torch.testing.assert_close(got, want, atol=FP32_TOL, rtol=0)
+    for b in range(3):
+        if sigma_m[b] == 0 and sigma_g[b] == 0:
+            assert torch.equal(got[b], skip[b])  # both sigmas 0: the exact identity, as the model
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators that reach the dispatcher (custom ops included) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@native
+@pytest.mark.parametrize(
+    ("options", "blurs", "masks"),
+    [({"sigma_m": 9.0, "sigma_g": 2.0}, 2, 1), ({"sigma_m": 0.0, "sigma_g": 3.0}, 1, 0)],
+    ids=["with-mask", "no-mask"],
+)
+def test_forward_runs_the_compiled_graph_safe_ops(options, blurs, masks):
+    """With _C built, forward() must run the skip blur and the mask through the compiled with-taps ops (and no
+    host-side tables or sigma ops), so the rewrite cannot slip back to a torch workaround unnoticed."""
+    runner = native_engine(tiny_module()).runner
+    inputs, opts = prepared(runner, images(2), AGES[:2], **options)
+    with torch.no_grad(), _OpCounter() as counter:
+        runner.forward(inputs, opts)
+    calls = counter.calls
+    assert calls.get("agingrt.masked_gaussian_blur_with_taps", 0) == blurs
+    assert calls.get("agingrt.guided_backprop_mask_with_taps", 0) == masks
+    relus = len(runner.dex_fcs) + sum(len(group) for group in runner.dex_groups)  # one per DEX ReLU
+    assert calls.get("agingrt.guided_relu_backward", 0) == (relus if masks else 0)
+    for host_op in ("masked_gaussian_blur", "masked_gaussian_blur_tables", "guided_backprop_mask"):
+        assert f"agingrt.{host_op}" not in calls
 
 
 # --- GPU: fp16 parity and CUDA-graph replay --------------------------------------------------------------------

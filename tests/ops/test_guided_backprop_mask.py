@@ -5,6 +5,10 @@ Tolerances (specs/cusp.md section 8: 1e-10 in float64, rtol 1e-5 in float32):
   * mask, float64: 1e-10. float32 (and half inputs, which the op reads into float32): M <= 1 is a ratio of a
     29-tap blur of the normalised map to twice its std, each a few float32 roundings (~1e-7 relative) of O(1)
     values; 2e-6 absolute bounds it with room.
+  * the graph-safe entry guided_backprop_mask_with_taps runs the sigma entry's code path on the taps from
+    guided_backprop_mask_taps: bit for bit, no tolerance. Its torch impl is structure_mask's maths in float32 (the
+    kernel keeps float64 statistics): MASK_ATOL. The taps builder against the oracle's gaussian_kernel1d: each tap
+    is one exp and one division by a K-term sum in another order, measured <= 1 ulp (2^-52); 4 ulps allowed.
   * sequential backward vs autograd, float64: 1e-10. float32: the explicit backward and autograd run the same
     convolutions, but the guided ReLUs make the gradient's support depend on the sign of values that are
     rounded differently along the two paths; M then moves by O(1e-6) where a sign flips near zero: 1e-4.
@@ -16,21 +20,32 @@ import pytest
 import torch
 from torch import nn
 
-from pyagingrt import InputError, has_native
+from pyagingrt import InputError, NativeExtensionError, has_native
 from pyagingrt.ops import (
     ChannelAffine,
     guided_backprop_mask,
     guided_backprop_mask_sequential,
+    guided_backprop_mask_taps,
+    guided_backprop_mask_with_taps,
     guided_relu_backward,
 )
 from pyagingrt.training.layers.guided_backprop_mask import GuidedReLU, structure_mask
 from pyagingrt.training.layers.guided_backprop_mask import guided_backprop_mask as oracle_mask
 from pyagingrt.training.layers.guided_backprop_mask import guided_relu_backward as oracle_relu
+from pyagingrt.training.layers.masked_gaussian_blur import gaussian_kernel1d
 from tests.devices import CPU_AND_CUDA
 
 native = pytest.mark.skipif(not has_native(), reason="pyagingrt._C is not built")
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 MASK_ATOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 2e-6, torch.bfloat16: 2e-6}
+TAPS_ATOL = 4 * 2**-52
+MASK_CASES = [
+    ((1, 3, 16, 16), 5, 1.1),
+    ((3, 3, 13, 17), 29, 4.85),  # CUSP's k_gb and sigma_gb at 224 on an odd image smaller than K
+    ((2, 1, 9, 12), 1, 0.7),  # K = 1: no blur
+    ((2, 4, 11, 10), 7, 0.0),  # sigma = 0: the unit impulse
+    ((1, 2, 10, 10), 101, 3.0),  # K far larger than the image: taps beyond it never count
+]
 
 
 def random_gradient(shape, dtype=torch.float64, device="cpu"):
@@ -100,16 +115,7 @@ class TestGuidedReluBackward:
 class TestGuidedBackpropMask:
     @pytest.mark.parametrize("device", CPU_AND_CUDA)
     @pytest.mark.parametrize("dtype", ALL_DTYPES)
-    @pytest.mark.parametrize(
-        ("shape", "kernel_size", "sigma"),
-        [
-            ((1, 3, 16, 16), 5, 1.1),
-            ((3, 3, 13, 17), 29, 4.85),  # CUSP's k_gb and sigma_gb at 224 on an odd image smaller than K
-            ((2, 1, 9, 12), 1, 0.7),  # K = 1: no blur
-            ((2, 4, 11, 10), 7, 0.0),  # sigma = 0: the unit impulse
-            ((1, 2, 10, 10), 101, 3.0),  # K far larger than the image: taps beyond it never count
-        ],
-    )
+    @pytest.mark.parametrize(("shape", "kernel_size", "sigma"), MASK_CASES)
     def test_matches_float64_oracle(self, device, dtype, shape, kernel_size, sigma):
         if device == "cuda" and dtype == torch.float64:
             pytest.skip("float64 is CPU-only")
@@ -200,6 +206,113 @@ class TestGuidedBackpropMask:
         if "kernel_size" in message or "sigma" in message:
             with pytest.raises(InputError, match=message):  # the wrapper checks first, for both impls
                 guided_backprop_mask(grad, kernel_size, sigma, impl="torch")
+
+    # --- the graph-safe entry: guided_backprop_mask_taps, then guided_backprop_mask_with_taps -----------------
+    @pytest.mark.parametrize("device", CPU_AND_CUDA)
+    @pytest.mark.parametrize("dtype", ALL_DTYPES)
+    @pytest.mark.parametrize(("shape", "kernel_size", "sigma"), MASK_CASES)
+    def test_with_taps_equals_sigma_entry_bit_for_bit(self, device, dtype, shape, kernel_size, sigma):
+        if device == "cuda" and dtype == torch.float64:
+            pytest.skip("float64 is CPU-only")
+        g = random_gradient(shape, dtype, device)
+        taps = guided_backprop_mask_taps(kernel_size, sigma, device=device, impl="native")
+        assert taps.device == g.device
+        got = guided_backprop_mask_with_taps(g, taps, impl="native")
+        assert torch.equal(got, guided_backprop_mask(g, kernel_size, sigma, impl="native"))
+
+    @pytest.mark.parametrize(("kernel_size", "sigma"), [(1, 0.7), (7, 0.0), (29, 4.85), (101, 3.0), (63, 0.01)])
+    def test_taps_match_the_oracle(self, kernel_size, sigma):
+        taps = guided_backprop_mask_taps(kernel_size, sigma, impl="native")
+        assert taps.dtype == torch.float64
+        assert taps.device.type == "cpu"
+        torch.testing.assert_close(taps, gaussian_kernel1d(sigma, kernel_size), atol=TAPS_ATOL, rtol=0)
+        assert torch.equal(
+            guided_backprop_mask_taps(kernel_size, sigma, impl="torch"), gaussian_kernel1d(sigma, kernel_size)
+        )
+        meta = guided_backprop_mask_taps(kernel_size, sigma, device="meta", impl="native")
+        assert (meta.shape, meta.dtype, meta.device.type) == ((kernel_size,), torch.float64, "meta")
+
+    @pytest.mark.parametrize("device", CPU_AND_CUDA)
+    @pytest.mark.parametrize("dtype", ALL_DTYPES)
+    def test_with_taps_torch_impl_matches_native(self, device, dtype):
+        if device == "cuda" and dtype == torch.float64:
+            pytest.skip("float64 is CPU-only")
+        g = random_gradient((3, 3, 13, 17), dtype, device)
+        taps = guided_backprop_mask_taps(29, 4.85, device=device)
+        got = guided_backprop_mask_with_taps(g, taps, impl="torch")
+        assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        want = guided_backprop_mask_with_taps(g, taps, impl="native")
+        torch.testing.assert_close(got, want, atol=MASK_ATOL[dtype], rtol=0)
+
+    def test_with_taps_opcheck(self):
+        g = random_gradient((2, 3, 8, 9), torch.float32)
+        torch.library.opcheck(
+            torch.ops.agingrt.guided_backprop_mask_with_taps.default, (g, guided_backprop_mask_taps(5, 1.2))
+        )
+
+    def test_taps_opcheck(self):
+        torch.library.opcheck(torch.ops.agingrt.guided_backprop_mask_taps.default, (29, 4.85), {"device": None})
+
+    def test_with_taps_meta_gives_the_shape(self):
+        g = torch.empty(3, 2, 12, 10, device="meta", dtype=torch.float16)
+        mask = torch.ops.agingrt.guided_backprop_mask_with_taps(g, torch.empty(7, device="meta", dtype=torch.float64))
+        assert (mask.shape, mask.dtype, mask.device.type) == ((3, 1, 12, 10), torch.float32, "meta")
+
+    @pytest.mark.parametrize(
+        ("taps", "error", "message"),
+        [
+            (
+                torch.rand(2, 5, dtype=torch.float64),
+                ValueError,
+                r"taps must be 1-D \[K\] with K odd.*got shape \[2, 5\]",
+            ),
+            (torch.rand(4, dtype=torch.float64), ValueError, r"taps must be 1-D \[K\] with K odd.*got shape \[4\]"),
+            (torch.rand(5), TypeError, "taps must be float64 .*got Float"),
+            (torch.rand(5, dtype=torch.float64, device="meta"), ValueError, "taps must be on the same device as grad"),
+        ],
+    )
+    def test_with_taps_bad_taps_raise_clear_error(self, taps, error, message):
+        with pytest.raises(error, match=f"guided_backprop_mask_with_taps: {message}"):
+            torch.ops.agingrt.guided_backprop_mask_with_taps(torch.rand(2, 3, 6, 6), taps)
+
+    @pytest.mark.parametrize(
+        ("grad", "message"),
+        [(torch.zeros(3, 8, 8), "grad must be 4-D"), (torch.zeros(1, 3, 1, 1), "grad must have at least 2 pixels")],
+    )
+    def test_with_taps_bad_grad_raises_clear_error(self, grad, message):
+        with pytest.raises(ValueError, match=f"guided_backprop_mask_with_taps: {message}"):
+            torch.ops.agingrt.guided_backprop_mask_with_taps(grad, guided_backprop_mask_taps(5, 1.0))
+
+    @pytest.mark.parametrize(
+        ("kernel_size", "sigma", "message"),
+        [(4, 1.0, "kernel_size must be a positive odd"), (5, -1.0, "sigma must be finite and >= 0")],
+    )
+    def test_taps_bad_arguments_raise(self, kernel_size, sigma, message):
+        with pytest.raises(ValueError, match=f"guided_backprop_mask_taps: {message}"):
+            torch.ops.agingrt.guided_backprop_mask_taps(kernel_size, sigma)
+        for impl in ("native", "torch"):
+            with pytest.raises(InputError, match=message):  # the wrapper checks first, for both impls
+                guided_backprop_mask_taps(kernel_size, sigma, impl=impl)
+
+    @pytest.mark.gpu
+    def test_with_taps_replays_in_a_cuda_graph(self):
+        """Capture the op over static buffers, copy new gradients and taps in, replay: equals an eager run."""
+        grad = random_gradient((3, 3, 40, 40), torch.float16, "cuda")
+        static_grad, static_taps = grad.clone(), guided_backprop_mask_taps(29, 4.85, device="cuda")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up outside the capture, as torch.cuda.graphs recommends
+            guided_backprop_mask_with_taps(static_grad, static_taps, impl="native")
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = guided_backprop_mask_with_taps(static_grad, static_taps, impl="native")
+        for seed, sigma in enumerate((1.5, 0.0, 6.0)):
+            new_grad = random_gradient((3, 3, 40, 40), torch.float16, "cuda") * (seed + 1)
+            static_grad.copy_(new_grad.flip(-1))
+            static_taps.copy_(guided_backprop_mask_taps(29, sigma, device="cuda"))
+            graph.replay()
+            assert torch.equal(out, guided_backprop_mask(new_grad.flip(-1), 29, sigma, impl="native"))
 
 
 def vgg_like(dtype=torch.float64, inplace_relu=False):
@@ -297,3 +410,18 @@ class TestGuidedBackpropSequential:
         args.update(kwargs)
         with pytest.raises(InputError, match=message):
             guided_backprop_mask_sequential(**args, impl="torch")
+
+
+def test_graph_safe_entry_without_extension(monkeypatch):
+    """Without _C: impl="native" raises; impl="auto" uses the oracle's taps and structure_mask's maths, which
+    equal the oracle itself bit for bit in float64 (the same ops on the same taps)."""
+    import pyagingrt._extension as ext
+
+    monkeypatch.setattr(ext, "_load", lambda: (None, "pyagingrt._C could not be imported (test)"))
+    with pytest.raises(NativeExtensionError, match=r"pip install --no-build-isolation -e \."):
+        guided_backprop_mask_taps(29, 4.85, impl="native")
+    taps = guided_backprop_mask_taps(29, 4.85)
+    g = random_gradient((2, 3, 20, 20))
+    with pytest.raises(NativeExtensionError, match=r"pip install --no-build-isolation -e \."):
+        guided_backprop_mask_with_taps(g, taps, impl="native")
+    torch.testing.assert_close(guided_backprop_mask_with_taps(g, taps), structure_mask(g, 29, 4.85), atol=0, rtol=0)
