@@ -121,8 +121,10 @@ at::Tensor group_norm_act_cpu_impl(const at::Tensor& x, int64_t groups, const at
     const at::Tensor sh = coef_rows(shift, &shift_stride);
     at::Tensor y = make_output(x);
     const GroupNormActParams p = make_params(xi, groups, sc, scale_stride, sh, shift_stride, eps, act, y);
-    // One (n, g) work item per task unit; a grain of ~kParallelGrain elements keeps small tensors on one thread.
-    // Each item is computed whole by one call, so the result does not depend on the thread count.
+    // The (n, g) items split over torch's intra-op threads, at least ~kParallelGrain values per task so small
+    // tensors stay on one thread. Each item is computed whole by one call, so the result does not depend on the
+    // thread count. Fewer items than threads (B = 1 and G = 1, say) leaves threads idle: splitting a group would
+    // need a cross-thread merge of its statistics, and the CPU engines have B * G >= 32 (AcGAN G = C, PADA G = 32).
     const int64_t item_elements = std::max<int64_t>(1, (p.channels / p.groups) * p.pixels);
     const int64_t grain = std::max<int64_t>(1, kParallelGrain / item_elements);
     std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
