@@ -133,7 +133,8 @@ def test_bad_range_is_an_invalid_argument(kernel, begin, end):
     [
         ((2, 64, 24, 24), 32, torch.float32, "contiguous", "silu"),  # 64 items of 1,152 values: split in two
         ((1, 64, 40, 40), 64, torch.float32, "contiguous", "relu"),  # InstanceNorm
-        ((2, 64, 24, 24), 32, torch.float32, "channels_last", "silu"),
+        ((2, 64, 24, 24), 32, torch.float32, "channels_last", "silu"),  # NHWC: a range's groups run together
+        ((1, 64, 40, 40), 64, torch.float32, "channels_last", "relu"),
         ((2, 64, 24, 24), 16, torch.bfloat16, "contiguous", "none"),
     ],
 )

@@ -8,7 +8,8 @@
 //         the float partials are of the spread, not of the mean), row mean m_r = x_0 + S / P, then a centred
 //         sum of squares sum((x - T(m_r))^2) minus P (m_r - T(m_r))^2; the rows' (P, m_r, M2_r) merge in
 //         order with Chan et al.'s formula. The row's second read hits the cache.
-//   NHWC: the same two passes over the whole group, with per-channel lanes across pixels.
+//   NHWC: the same two passes over the whole group, with per-channel lanes across pixels (the consecutive groups
+//         of a sample in one range together, vectorised across their channels; see run_nhwc).
 // Each sum runs kLanes independent T accumulators over whole blocks of kBlock values (plain loops gcc -O3
 // vectorises without reassociating anything), then adds the block's lanes into double lanes; the lanes are summed
 // in a fixed order at the end. A float partial sums kBlock / kLanes = 8 values per lane, so it carries at most
@@ -238,60 +239,54 @@ Moments nchw_moments(const typename Io<D>::Storage* group, int64_t cg, int64_t p
     return mom;
 }
 
-// Per-item scratch for NHWC (cg values each), allocated once per call and reused across items.
+// NHWC scratch, one value per channel of a run of groups (at most C), allocated once per call.
 template <typename T>
 struct NhwcScratch {
-    std::vector<T> acc, in, out;
+    std::vector<T> centre, acc, in, out, mu, a, b;
     std::vector<double> total;
-    explicit NhwcScratch(int64_t cg)
-        : acc(static_cast<size_t>(cg)),
-          in(static_cast<size_t>(cg)),
-          out(static_cast<size_t>(cg)),
-          total(static_cast<size_t>(cg)) {}
+    explicit NhwcScratch(int64_t channels)
+        : centre(static_cast<size_t>(channels)),
+          acc(static_cast<size_t>(channels)),
+          in(static_cast<size_t>(channels)),
+          out(static_cast<size_t>(channels)),
+          mu(static_cast<size_t>(channels)),
+          a(static_cast<size_t>(channels)),
+          b(static_cast<size_t>(channels)),
+          total(static_cast<size_t>(channels)) {}
 };
 
-// Sum over the P pixel rows (cg values at stride C) of (x - k) or (x - k)^2: per-channel T lanes over blocks of
-// kPixelBlock pixels, added into per-channel double totals, which are summed in channel order.
+// Per-channel sums over the P pixel rows (cs values at stride C) of (x - k[c]) or (x - k[c])^2 into s.total: T lanes
+// (one per channel) over blocks of kPixelBlock pixels, each block added into the channel's double total.
 template <DType D, bool kSquare>
-AGINGRT_CPU_CLONES double sum_nhwc(const typename Io<D>::Storage* x, int64_t cg, int64_t stride, int64_t pixels,
-                                   typename Io<D>::T k, NhwcScratch<typename Io<D>::T>& s) {
+AGINGRT_CPU_CLONES void sum_channels(const typename Io<D>::Storage* x, int64_t cs, int64_t stride, int64_t pixels,
+                                     const typename Io<D>::T* k, NhwcScratch<typename Io<D>::T>& s) {
     using T = typename Io<D>::T;
     T* acc = s.acc.data();
     double* total = s.total.data();
-    std::fill(s.total.begin(), s.total.end(), 0.0);
+    std::fill(total, total + cs, 0.0);
     for (int64_t q0 = 0; q0 < pixels; q0 += kPixelBlock) {
         const int64_t q1 = std::min(pixels, q0 + kPixelBlock);
-        std::fill(s.acc.begin(), s.acc.end(), T(0));
+        std::fill(acc, acc + cs, T(0));
         for (int64_t q = q0; q < q1; ++q) {
-            const T* v = load_span<D>(x + q * stride, cg, s.in.data());
-            for (int64_t c = 0; c < cg; ++c) {
-                const T d = v[c] - k;
+            const T* v = load_span<D>(x + q * stride, cs, s.in.data());
+            for (int64_t c = 0; c < cs; ++c) {
+                const T d = v[c] - k[c];
                 acc[c] += kSquare ? d * d : d;
             }
         }
-        for (int64_t c = 0; c < cg; ++c) {
+        for (int64_t c = 0; c < cs; ++c) {
             total[c] += static_cast<double>(acc[c]);
         }
     }
+}
+
+// Sum of the channel totals [c0, c0 + cg) of one group, in channel order.
+inline double group_total(const double* total, int64_t c0, int64_t cg) {
     double sum = 0.0;
-    for (int64_t c = 0; c < cg; ++c) {
+    for (int64_t c = c0; c < c0 + cg; ++c) {
         sum += total[c];
     }
     return sum;
-}
-
-template <DType D>
-Moments nhwc_moments(const typename Io<D>::Storage* x, int64_t cg, int64_t stride, int64_t pixels,
-                     NhwcScratch<typename Io<D>::T>& s) {
-    using T = typename Io<D>::T;
-    const double n = static_cast<double>(cg * pixels);
-    const T x0 = value_at<D>(x);
-    Moments mom;
-    const double mean = static_cast<double>(x0) + sum_nhwc<D, false>(x, cg, stride, pixels, x0, s) / n;
-    const T centre = static_cast<T>(mean);
-    const double sum_sq = sum_nhwc<D, true>(x, cg, stride, pixels, centre, s);
-    mom.merge(n, mean, m2_from_centred(sum_sq, n, mean, static_cast<double>(centre)));
-    return mom;
 }
 
 template <GroupNormActivation A, typename T>
@@ -322,65 +317,114 @@ void apply_contiguous(const typename Io<D>::Storage* x, typename Io<D>::Storage*
     }
 }
 
-// NHWC apply over the P pixel rows (cg values at stride C) of a group, per-channel a and b.
+// NHWC apply over the P pixel rows (cs values at stride C): per-channel mu, a and b.
 template <DType D, GroupNormActivation A>
-AGINGRT_CPU_CLONES void apply_nhwc(const typename Io<D>::Storage* x, typename Io<D>::Storage* y, int64_t cg,
-                                   int64_t stride, int64_t pixels, typename Io<D>::T mu, const typename Io<D>::T* a,
-                                   const typename Io<D>::T* b, NhwcScratch<typename Io<D>::T>& s) {
+AGINGRT_CPU_CLONES void apply_nhwc(const typename Io<D>::Storage* x, typename Io<D>::Storage* y, int64_t cs,
+                                   int64_t stride, int64_t pixels, NhwcScratch<typename Io<D>::T>& s) {
     using T = typename Io<D>::T;
+    const T* mu = s.mu.data();
+    const T* a = s.a.data();
+    const T* b = s.b.data();
     for (int64_t q = 0; q < pixels; ++q) {
-        const T* in = load_span<D>(x + q * stride, cg, s.in.data());
+        const T* in = load_span<D>(x + q * stride, cs, s.in.data());
         T* out = s.out.data();
         if constexpr (kDirect<D>) {
             out = y + q * stride;
         }
-        for (int64_t c = 0; c < cg; ++c) {
-            out[c] = activate<A>((in[c] - mu) * a[c] + b[c]);
+        for (int64_t c = 0; c < cs; ++c) {
+            out[c] = activate<A>((in[c] - mu[c]) * a[c] + b[c]);
         }
         if constexpr (!kDirect<D>) {
-            for (int64_t c = 0; c < cg; ++c) {
+            for (int64_t c = 0; c < cs; ++c) {
                 y[q * stride + c] = Io<D>::store(out[c]);
             }
         }
     }
 }
 
-// The items [begin, end) for one dtype and activation; per channel of a group a = scale * rstd (in double, then
-// rounded to T) and b = shift.
+// Per channel k of group (n, g) starting at channel c0: a = scale * rstd (in double, then rounded to T), b = shift.
+template <typename T, typename Coef>
+inline void fold_affine(const GroupNormActParams& p, int64_t n, int64_t c0, int64_t cg, double rstd, T* a, T* b) {
+    const Coef* scale = static_cast<const Coef*>(p.scale) + n * p.scale_stride_b + c0;
+    const Coef* shift = static_cast<const Coef*>(p.shift) + n * p.shift_stride_b + c0;
+    for (int64_t k = 0; k < cg; ++k) {
+        a[k] = static_cast<T>(static_cast<double>(scale[k]) * rstd);
+        b[k] = static_cast<T>(shift[k]);
+    }
+}
+
+// NCHW items [begin, end), one at a time: statistics over the group's cg rows, then the apply row by row.
 template <DType D, GroupNormActivation A, typename Coef>
-void run_items(const GroupNormActParams& p, int64_t begin, int64_t end) {
+void run_nchw(const GroupNormActParams& p, int64_t begin, int64_t end) {
     using Storage = typename Io<D>::Storage;
     using T = typename Io<D>::T;
     const Storage* x = static_cast<const Storage*>(p.x);
     Storage* y = static_cast<Storage*>(p.y);
-    const Coef* scale = static_cast<const Coef*>(p.scale);
-    const Coef* shift = static_cast<const Coef*>(p.shift);
     const int64_t cg = p.channels / p.groups;
-    const bool nchw = p.layout == GroupNormLayout::kNCHW;
     std::vector<T> a(static_cast<size_t>(cg));
     std::vector<T> b(static_cast<size_t>(cg));
-    NhwcScratch<T> scratch(nchw ? 0 : cg);
     for (int64_t w = begin; w < end; ++w) {
         const int64_t n = w / p.groups;
         const int64_t c0 = (w % p.groups) * cg;
-        // NCHW: the group is cg rows of P values from here; NHWC: P rows of cg values, C apart.
-        const int64_t first = nchw ? (n * p.channels + c0) * p.pixels : n * p.pixels * p.channels + c0;
-        const Moments mom = nchw ? nchw_moments<D>(x + first, cg, p.pixels)
-                                 : nhwc_moments<D>(x + first, cg, p.channels, p.pixels, scratch);
-        const double rstd = 1.0 / std::sqrt(mom.m2 / mom.count + p.eps);
-        for (int64_t k = 0; k < cg; ++k) {
-            a[k] = static_cast<T>(static_cast<double>(scale[n * p.scale_stride_b + c0 + k]) * rstd);
-            b[k] = static_cast<T>(shift[n * p.shift_stride_b + c0 + k]);
-        }
+        const int64_t first = (n * p.channels + c0) * p.pixels;  // cg rows of P values from here
+        const Moments mom = nchw_moments<D>(x + first, cg, p.pixels);
+        fold_affine<T, Coef>(p, n, c0, cg, 1.0 / std::sqrt(mom.m2 / mom.count + p.eps), a.data(), b.data());
         const T mu = static_cast<T>(mom.mean);
-        if (nchw) {
-            for (int64_t k = 0; k < cg; ++k) {
-                const int64_t row = first + k * p.pixels;
-                apply_contiguous<D, A>(x + row, y + row, p.pixels, mu, a[k], b[k]);
-            }
-        } else {
-            apply_nhwc<D, A>(x + first, y + first, cg, p.channels, p.pixels, mu, a.data(), b.data(), scratch);
+        for (int64_t k = 0; k < cg; ++k) {
+            const int64_t row = first + k * p.pixels;
+            apply_contiguous<D, A>(x + row, y + row, p.pixels, mu, a[k], b[k]);
         }
+    }
+}
+
+// NHWC items [begin, end): the consecutive groups g0 <= g < g1 of one sample are the channels [g0 cg, g1 cg),
+// contiguous in every pixel row, so they are processed together, vectorised across channels. Each group's sums are
+// still its own channels' lanes added in channel order, exactly what it gets alone, so the output does not depend
+// on how [0, B G) is split. Per group: the first pass shifts by the group's first value, the second is centred on
+// T(mean), as in NCHW.
+template <DType D, GroupNormActivation A, typename Coef>
+void run_nhwc(const GroupNormActParams& p, int64_t begin, int64_t end) {
+    using Storage = typename Io<D>::Storage;
+    using T = typename Io<D>::T;
+    const int64_t cg = p.channels / p.groups;
+    const double count = static_cast<double>(cg * p.pixels);
+    NhwcScratch<T> s(p.channels);
+    std::vector<double> mean(static_cast<size_t>(p.groups));
+    for (int64_t w = begin; w < end;) {
+        const int64_t n = w / p.groups;
+        const int64_t g0 = w % p.groups;
+        const int64_t groups = std::min(p.groups - g0, end - w);
+        const int64_t cs = groups * cg;
+        const int64_t first = n * p.pixels * p.channels + g0 * cg;  // P rows of cs values, C apart
+        const Storage* x = static_cast<const Storage*>(p.x) + first;
+        Storage* y = static_cast<Storage*>(p.y) + first;
+        for (int64_t c = 0; c < cs; ++c) {
+            s.centre[c] = value_at<D>(x + c - c % cg);  // the shift of the first pass: the group's first value
+        }
+        sum_channels<D, false>(x, cs, p.channels, p.pixels, s.centre.data(), s);
+        for (int64_t j = 0; j < groups; ++j) {
+            mean[j] = static_cast<double>(s.centre[j * cg]) + group_total(s.total.data(), j * cg, cg) / count;
+            std::fill(s.centre.begin() + j * cg, s.centre.begin() + (j + 1) * cg, static_cast<T>(mean[j]));
+        }
+        sum_channels<D, true>(x, cs, p.channels, p.pixels, s.centre.data(), s);
+        for (int64_t j = 0; j < groups; ++j) {
+            const double centre = static_cast<double>(s.centre[j * cg]);
+            const double m2 = m2_from_centred(group_total(s.total.data(), j * cg, cg), count, mean[j], centre);
+            fold_affine<T, Coef>(p, n, (g0 + j) * cg, cg, 1.0 / std::sqrt(m2 / count + p.eps), &s.a[j * cg],
+                                 &s.b[j * cg]);
+            std::fill(s.mu.begin() + j * cg, s.mu.begin() + (j + 1) * cg, static_cast<T>(mean[j]));
+        }
+        apply_nhwc<D, A>(x, y, cs, p.channels, p.pixels, s);
+        w += groups;
+    }
+}
+
+template <DType D, GroupNormActivation A, typename Coef>
+void run_items(const GroupNormActParams& p, int64_t begin, int64_t end) {
+    if (p.layout == GroupNormLayout::kNCHW) {
+        run_nchw<D, A, Coef>(p, begin, end);
+    } else {
+        run_nhwc<D, A, Coef>(p, begin, end);
     }
 }
 
