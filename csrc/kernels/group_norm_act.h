@@ -8,8 +8,8 @@
 // InstanceNorm is G = C (AcGAN, specs/acgan.md section 9). PADA folds the GN affine, the time scale/shift and the
 // condition scale into scale and shift (specs/pada.md section 10 item 3):
 //   scale = g (1 + s_t)(1 + s_c),   shift = (beta (1 + s_t) + b_t)(1 + s_c).
-// Statistics are at least fp32 for every x dtype (float64 on the CPU reference) and deterministic: fixed
-// partitions merged in a fixed order with Chan's formula, no float atomics.
+// Statistics are at least fp32 for every x dtype (fp32 partials over fixed blocks merged in float64 on the CPU
+// reference) and deterministic: fixed partitions merged in a fixed order with Chan's formula, no float atomics.
 #pragma once
 
 #include <cstddef>
@@ -50,8 +50,20 @@ struct GroupNormActParams {
     GroupNormActivation act;
 };
 
-// CPU reference (always built): per (n, g) a two-pass mean / variance in float64, then the apply in float32
-// (float64 for float64 x) as act((x - mu) * (scale * rstd) + shift).
+// The CPU kernel's independent work items: one per (sample, group), item w = n * G + g.
+inline int64_t group_norm_act_cpu_work_items(const GroupNormActParams& p) {
+    return p.batch * p.groups;
+}
+
+// CPU reference (always built) over the work items [begin, end) of group_norm_act_cpu_work_items(p); the caller
+// may run disjoint ranges on different threads (the torch adapter uses at::parallel_for). Each item is computed
+// by one call in a fixed order from its own inputs, so the output is bit-identical for every split of the range.
+// Per (n, g): a shifted two-pass mean / variance per contiguous row with float partials over fixed blocks merged
+// in double (see cpu/group_norm_act.cpp), then the apply in float32 (float64 for float64 x) as
+// act((x - mu) * (scale * rstd) + shift).
+Status group_norm_act_cpu(const GroupNormActParams& p, int64_t begin, int64_t end);
+
+// All work items on the calling thread.
 Status group_norm_act_cpu(const GroupNormActParams& p);
 
 // Bytes of device scratch group_norm_act_cuda needs for these sizes (a function of B, C, P, G and the layout only).

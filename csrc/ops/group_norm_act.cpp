@@ -4,12 +4,16 @@
 // An inference op: no derivative. Its Autograd kernel refuses inputs that need a gradient with a clear error, so a
 // backward pass can never run through it silently wrong (training differentiates the oracle,
 // training/layers/group_norm_act.py, which pyagingrt.ops.group_norm_act picks with impl="auto").
-// Graph-safe: no host reads of tensor values; the CUDA path allocates its scratch on the device.
+// Graph-safe: no host reads of tensor values; the CUDA path allocates its scratch on the device. The CPU path
+// splits the (n, g) work items over torch's intra-op pool (at::parallel_for; torch.set_num_threads governs it).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -25,6 +29,7 @@ namespace agingrt {
 namespace {
 
 constexpr const char* kOp = "group_norm_act";
+constexpr int64_t kParallelGrain = 32768;  // elements per CPU task at least (ATen's own at::internal::GRAIN_SIZE)
 
 GroupNormActivation parse_act(const std::string& act) {
     if (act == "none") {
@@ -115,8 +120,21 @@ at::Tensor group_norm_act_cpu_impl(const at::Tensor& x, int64_t groups, const at
     const at::Tensor sc = coef_rows(scale, &scale_stride);
     const at::Tensor sh = coef_rows(shift, &shift_stride);
     at::Tensor y = make_output(x);
-    check_status(group_norm_act_cpu(make_params(xi, groups, sc, scale_stride, sh, shift_stride, eps, act, y)), kOp,
-                 "CPU");
+    const GroupNormActParams p = make_params(xi, groups, sc, scale_stride, sh, shift_stride, eps, act, y);
+    // The (n, g) items split over torch's intra-op threads, at least ~kParallelGrain values per task so small
+    // tensors stay on one thread. Each item is computed whole by one call, so the result does not depend on the
+    // thread count. Fewer items than threads (B = 1 and G = 1, say) leaves threads idle: splitting a group would
+    // need a cross-thread merge of its statistics, and the CPU engines have B * G >= 32 (AcGAN G = C, PADA G = 32).
+    const int64_t item_elements = std::max<int64_t>(1, (p.channels / p.groups) * p.pixels);
+    const int64_t grain = std::max<int64_t>(1, kParallelGrain / item_elements);
+    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
+    at::parallel_for(0, group_norm_act_cpu_work_items(p), grain, [&](int64_t begin, int64_t end) {
+        const Status s = group_norm_act_cpu(p, begin, end);
+        if (s != Status::kOk) {
+            status.store(static_cast<int32_t>(s));
+        }
+    });
+    check_status(static_cast<Status>(status.load()), kOp, "CPU");
     return y;
 }
 
