@@ -164,7 +164,8 @@ def profile_calls(
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, record_shapes=options.record_shapes) as prof:
+    # acc_events: one cycle only, so nothing accumulates; without it torch 2.11 warns on every profile
+    with profile(activities=activities, record_shapes=options.record_shapes, acc_events=True) as prof:
         t0 = time.perf_counter()
         for call in calls:
             call()
