@@ -31,7 +31,8 @@ void guided_relu_impl(const GuidedReluBackwardParams& p) {
     const T* a = static_cast<const T*>(p.act);
     T* out = static_cast<T*>(p.grad_in);
     for (int64_t i = 0; i < p.n; ++i) {
-        out[i] = (a[i] > T(0) && g[i] > T(0)) ? g[i] : T(0);
+        const bool keep = (a[i] > T(0)) & (g[i] > T(0));  // no short circuit: the loop vectorises as a select
+        out[i] = keep ? g[i] : T(0);
     }
 }
 
