@@ -11,14 +11,6 @@ from pyagingrt import CheckpointError, InputError, NativeExtensionError, RandomW
 from pyagingrt.models import registry
 
 
-@pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(registry._ADAPTERS, "toy", "tests.api.toy_adapter:ToyAdapter")
-    registry.get_adapter.cache_clear()
-    yield
-    registry.get_adapter.cache_clear()
-
-
 def load_toy(**kwargs):
     with pytest.warns(RandomWeightsWarning, match="random weights"):
         return pyagingrt.load("toy", device="cpu", **kwargs)

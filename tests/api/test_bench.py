@@ -9,15 +9,6 @@ import torch
 
 from pyagingrt.benchmark import format_table, plot_bars, run_bench, write_json
 from pyagingrt.errors import InputError
-from pyagingrt.models import registry
-
-
-@pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(registry._ADAPTERS, "toy", "tests.api.toy_adapter:ToyAdapter")
-    registry.get_adapter.cache_clear()
-    yield
-    registry.get_adapter.cache_clear()
 
 
 @pytest.mark.usefixtures("toy")

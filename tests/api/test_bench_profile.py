@@ -15,7 +15,6 @@ from torch.profiler import ProfilerActivity, profile
 from pyagingrt.benchmark import run_bench, write_json
 from pyagingrt.cli.main import main
 from pyagingrt.errors import InputError, OutputError
-from pyagingrt.models import registry
 from pyagingrt.profiling import GRAPHS_NOTE, ProfileOptions, format_summary, summarize_events
 
 
@@ -26,14 +25,6 @@ def _event(key: str, cpu_us: float, device_us: float = 0.0, count: int = 1) -> S
 def _trace_names(path: str | Path) -> set[str]:
     trace = json.loads(Path(path).read_text())  # a Chrome trace must be valid JSON
     return {e.get("name", "") for e in trace["traceEvents"]}
-
-
-@pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(registry._ADAPTERS, "toy", "tests.api.toy_adapter:ToyAdapter")
-    registry.get_adapter.cache_clear()
-    yield
-    registry.get_adapter.cache_clear()
 
 
 # --- summarize_events: the pure function -----------------------------------------------------------------

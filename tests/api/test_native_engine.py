@@ -14,15 +14,6 @@ from pyagingrt import RandomWeightsWarning
 from pyagingrt.backends.cuda_graphs import GraphCache, _pad, bucket_for
 from pyagingrt.backends.native import NativeEngine, first_nonfinite_layer, runner_class
 from pyagingrt.backends.runner import GenericRunner
-from pyagingrt.models import registry
-
-
-@pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(registry._ADAPTERS, "toy", "tests.api.toy_adapter:ToyAdapter")
-    registry.get_adapter.cache_clear()
-    yield
-    registry.get_adapter.cache_clear()
 
 
 def load(**kwargs):
