@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..ops.group_norm_act import group_norm_act
 from ..training.models.acgan import Generator, ResidualBlock, mask_blend, tile_condition
-from .runner import NativeRunner
+from .runner import NativeRunner, check_target_indices
 
 
 @dataclass
@@ -201,13 +201,7 @@ class AcGANRunner(NativeRunner):
                 f"AcGAN ({size}x{size} config) needs images of shape [B, 3, {size}, {size}], got "
                 f"{tuple(images.shape)}; its conditioning depends on the crop size, so resize/align to {size} first"
             )
-        if targets.shape != images.shape[:1] or targets.is_floating_point():
-            raise InputError(
-                f"need one integer age group per image: {images.shape[0]} images, targets {targets.dtype} of shape "
-                f"{tuple(targets.shape)}; map ages with adapter.validate_ages first"
-            )
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c_dim):
-            raise InputError(f"AcGAN age groups must lie in [0, {c_dim - 1}], got {targets.tolist()}")
+        check_target_indices(targets, images.shape[0], c_dim, "AcGAN")
         return {
             "images": images.to(self.device, torch.float32),  # [B, 3, S, S]
             "groups": targets.to(self.device, torch.int64),  # [B]

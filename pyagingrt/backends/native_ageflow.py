@@ -73,7 +73,7 @@ from ..ops import inv_conv1x1
 from ..training.layers.glow import ChannelAttention, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 from ..training.layers.inv_conv1x1 import FoldedInvConv1x1, fold_actnorm_inv_conv1x1
 from ..training.models.ageflow import AgeFlow, AgeFlowConfig, postprocess_output, quantize_input
-from .runner import NativeRunner
+from .runner import NativeRunner, check_target_indices
 
 
 # --- folding (build time, float64) --------------------------------------------------------------------------
@@ -421,13 +421,13 @@ class AgeFlowRunner(NativeRunner):
             )
         chosen = options.get("target_group")
         groups = targets if chosen is None else torch.as_tensor(chosen)
-        if groups.shape != images.shape[:1] or groups.is_floating_point() or groups.dtype == torch.bool:
-            raise InputError(
-                f"need one integer age group per image: {images.shape[0]} images, groups {groups.dtype} of shape "
-                f"{tuple(groups.shape)}; map ages with adapter.validate_ages (or pass target_group) first"
-            )
-        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= n):
-            raise InputError(f"AgeFlow age groups must lie in 0..{n - 1}, got {groups.tolist()}")
+        check_target_indices(
+            groups,
+            images.shape[0],
+            n,
+            "AgeFlow",
+            hint="map ages with adapter.validate_ages or pass target_group",
+        )
         return {
             "images": images.to(self.device, torch.float32),  # [B, 3, S, S]
             "groups": groups.to(self.device, torch.int64),  # [B]

@@ -68,7 +68,7 @@ from ..ops.guided_backprop_mask import guided_relu_backward as _guided_relu_back
 from ..ops.masked_gaussian_blur import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
 from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, normalize_2nd_moment, upsample2d
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
-from .runner import NativeRunner
+from .runner import NativeRunner, check_target_indices
 
 DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (modulated_conv2d's default)
 NOISE_MODES = ("const", "random", "none")
@@ -310,13 +310,7 @@ class CUSPRunner(NativeRunner):
                 f"{tuple(images.shape)}; align the face to an FFHQ crop of side {size} first"
             )
         batch = images.shape[0]
-        if targets.shape != (batch,) or targets.is_floating_point():
-            raise InputError(
-                f"need one integer age class per image: {batch} images, targets {targets.dtype} of shape "
-                f"{tuple(targets.shape)}; map ages with adapter.validate_ages first"
-            )
-        if batch and (int(targets.min()) < 0 or int(targets.max()) >= cfg.attr_dim):
-            raise InputError(f"CUSP age classes must lie in [0, {cfg.attr_dim - 1}], got {targets.tolist()}")
+        check_target_indices(targets, batch, cfg.attr_dim, "CUSP", unit="age class")
         if any(len(options.get(k, ())) != batch for k in ("sigma_m", "sigma_g")):
             raise InputError(f"sigma_m and sigma_g must have one value per image ({batch}); use validate_options")
         mode = options.get("noise", "const")

@@ -55,7 +55,7 @@ from ..ops.group_norm_act import group_norm_act as fused_group_norm_act
 from ..training.layers.ddim_schedule import DDIMSchedule
 from ..training.layers.diffae import AttentionBlock, EmbedSequential, ResBlock
 from ..training.models.pada import GENDERS, PADA, DiffAE, pluralistic_noise
-from .runner import NativeRunner
+from .runner import NativeRunner, check_target_indices
 
 
 # --- rewrites 1-2: hoisted time and condition paths ----------------------------------------------------------------
@@ -333,11 +333,7 @@ class PADARunner(NativeRunner):
                 f"PADA ({size}x{size} config) needs aligned crops of shape [B, 3, {size}, {size}], got "
                 f"{tuple(images.shape)}; align and resize faces to {size}x{size} first (pyagingrt.pipeline)"
             )
-        if targets.shape != (batch,) or targets.is_floating_point():
-            raise InputError(
-                f"need one integer age group per image: {batch} images, targets {targets.dtype} of shape "
-                f"{tuple(targets.shape)}; map ages with adapter.validate_ages first"
-            )
+        check_target_indices(targets, batch, None, "PADA")  # the adapter's text/prompt tables give the range
         self.table(options["steps"])
         if options["x_T"] == "invert":
             self.table(options["invert_steps"])

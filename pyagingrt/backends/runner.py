@@ -21,7 +21,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..models.base import ModelAdapter
+
+
+def check_target_indices(
+    targets: Tensor,
+    batch: int,
+    count: int | None,
+    model: str,
+    *,
+    unit: str = "age group",
+    hint: str = "map ages with adapter.validate_ages first",
+) -> None:
+    """prepare()'s check of host targets: one integer index per image, each in [0, count) when count is given.
+
+    Raises:
+        InputError naming what was found.
+    """
+    if tuple(targets.shape) != (batch,) or targets.is_floating_point() or targets.dtype == torch.bool:
+        raise InputError(
+            f"need one integer {unit} per image: {batch} images, targets {targets.dtype} of shape "
+            f"{tuple(targets.shape)}; {hint}"
+        )
+    if count is not None and batch and (int(targets.min()) < 0 or int(targets.max()) >= count):
+        raise InputError(f"{model} {unit}s must lie in 0..{count - 1}, got {targets.tolist()}")
 
 
 class NativeRunner(ABC):
