@@ -1,1 +1,4 @@
-"""PyTorch -> ONNX exporters and official-checkpoint converters. Installed as ``pyagingrt.export``."""
+"""The inference graphs -> ONNX (and Triton model repositories), on top of the runtime.
+
+Installed as ``pyagingrt.export``.
+"""

@@ -176,11 +176,11 @@ class AcGANAdapter(ModelAdapter):
     def convert_official(
         self, path: Path, config_name: str | None = None, **load_options: Any
     ) -> tuple[Any, dict[str, Tensor]]:
-        """Official ``{n:05d}_netG.pth`` (export/checkpoints/acgan.py) -> (config, Generator state dict).
+        """Official ``{n:05d}_netG.pth`` (pyagingrt/checkpoints/acgan.py) -> (config, Generator state dict).
 
         Without ``config_name`` the paper config (224 crop) with the sizes inferred from the weights.
         """
-        from ..export.checkpoints.acgan import convert_generator_file
+        from ..checkpoints.acgan import convert_generator_file
 
         config = None if config_name is None else self.make_config(config_name)
         return convert_generator_file(path, config)

@@ -166,7 +166,7 @@ class AgeFlowAdapter(ModelAdapter):
         self, path: Path, config_name: str | None = None, **load_options: Any
     ) -> tuple[AgeFlowConfig, dict[str, Tensor]]:
         """Official ``generator-*`` flow -> (config, state dict); T / prior / D at init (see the class doc)."""
-        from ..export.checkpoints.ageflow import convert_official_ageflow
+        from ..checkpoints.ageflow import convert_official_ageflow
 
         if config_name is not None:
             self.make_config(config_name)  # InputError for an unknown name

@@ -204,10 +204,10 @@ class CUSPAdapter(ModelAdapter):
     def convert_official(
         self, path: Path, config_name: str | None = None, **load_options: Any
     ) -> tuple[Any, dict[str, Tensor]]:
-        """Official ``network-snapshot-*.pkl`` (restricted unpickler, export/checkpoints/cusp.py) ->
+        """Official ``network-snapshot-*.pkl`` (restricted unpickler, pyagingrt/checkpoints/cusp.py) ->
         (config, state dict). Without DEX weights in the snapshot, the ``dex.*`` entries are zero (the mask is
         then 0 and sigma_m has no effect) and a warning asks for ``dex=PATH``."""
-        from ..export.checkpoints.cusp import convert_snapshot_file
+        from ..checkpoints.cusp import convert_snapshot_file
 
         config = None if config_name is None else self.make_config(config_name)
         converted = convert_snapshot_file(path, config)
@@ -234,7 +234,7 @@ class CUSPAdapter(ModelAdapter):
         if path is None:
             return
         from ..checkpoint import load_state_dict_strict
-        from ..export.checkpoints.cusp import load_dex_file
+        from ..checkpoints.cusp import load_dex_file
 
         load_state_dict_strict(module.dex, load_dex_file(path), f"DEX weights {path}")
 

@@ -310,7 +310,7 @@ class PADAAdapter(ModelAdapter):
 
         PADA's own layers get the identity init (D7), so the result decodes like DiffAE autoencoding.
         """
-        from ..export.checkpoints.pada import convert_diffae_checkpoint
+        from ..checkpoints.pada import convert_diffae_checkpoint
 
         config = self.make_config(config_name or "paper")
         state_dict, _info = convert_diffae_checkpoint(path, config, load_options.get("latent"))

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyagingrt.checkpoint import load_state_dict_strict
+from pyagingrt.checkpoints.acgan import convert_discriminator, convert_discriminator_file, convert_generator
 from pyagingrt.errors import CheckpointError, InputError
-from pyagingrt.export.checkpoints.acgan import convert_discriminator, convert_discriminator_file, convert_generator
 from pyagingrt.models.acgan import AcGANAdapter, describe_age
 from pyagingrt.models.registry import get_adapter
 from pyagingrt.training.models.acgan import (

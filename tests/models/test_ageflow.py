@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyagingrt.checkpoints.ageflow import config_for_layout
 from pyagingrt.errors import CheckpointError, InputError
-from pyagingrt.export.checkpoints.ageflow import config_for_layout
 from pyagingrt.models.ageflow import AgeFlowAdapter, perturb_zero_init
 from pyagingrt.training.layers.glow import (
     ActNorm,

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyagingrt.checkpoints.cusp import official_blur_bank, read_snapshot
 from pyagingrt.errors import CheckpointError, InputError
-from pyagingrt.export.checkpoints.cusp import official_blur_bank, read_snapshot
 from pyagingrt.models.cusp import CUSPAdapter
 from pyagingrt.models.registry import get_adapter
 from pyagingrt.training.layers.dex import DEX, DEXConfig
