@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import AgingError
 
 # In the order `agingrt --help` lists them; a module that does not exist yet is skipped.
-COMMANDS = ("age", "video", "bench", "info", "convert")
+COMMANDS = ("age", "video", "bench", "info", "convert", "export", "serve", "train", "align", "label", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
