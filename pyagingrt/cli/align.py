@@ -14,14 +14,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Detect the largest face of every photo under RAW_DIR (recursive) and cut it out exactly as "
         "inference does for model M (same detector, same alignment, same size), writing OUT_DIR/<same "
         "relative path>.png, so file-name ages (UTKFace, MORPH, CACD) survive. Photos without a face or "
-        "unreadable are listed in OUT_DIR/skipped.csv. Run it again to resume: finished and listed photos "
+        "unreadable are listed in OUT_DIR/skipped.csv. A RAW_DIR/labels.csv (path,age[,gender]) is rewritten to "
+        "OUT_DIR/labels.csv for the crops. Run it again to resume: finished and listed photos "
         "are not redone. Example: agingrt align raw/ aligned/ --model acgan",
     )
     p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="folder of photos (searched recursively)")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the crops (created if needed)")
     p.add_argument("--model", required=True, help="ageflow, acgan, cusp or pada: whose crop to make (required)")
     p.add_argument(
-        "--config", default="paper", help="model config whose crop size and alignment to use (default: paper)"
+        "--config",
+        help="model config whose crop size and alignment to use, e.g. paper or tiny (default: the model's first, "
+        "its paper size)",
     )
     p.add_argument("--size", type=int, help="crop side in pixels (default: the model config's input size)")
     p.add_argument("--format", default="png", choices=("png", "jpg"), help="crop file type (default: png, lossless)")
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(result.written)} crops of {size}x{size} ({alignment.kind} alignment) written to {args.out_dir}; "
         f"{result.already} done before"
     )
+    if result.labels is not None:
+        print(f"labels of the crops -> {result.labels}")
     if result.skipped:
         print(f"{len(result.skipped)} photos skipped (listed in {args.out_dir / SKIPPED_FILE}):", file=sys.stderr)
         for name, reason in list(result.skipped.items())[:20]:

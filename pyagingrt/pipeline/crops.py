@@ -26,13 +26,16 @@ from .warp import crop_faces
 __all__ = ["AlignResult", "align_folder", "aligned_crop", "model_crop_spec"]
 
 SKIPPED_FILE = "skipped.csv"  # in OUT_DIR: photo, reason; read back on resume
+LABELS_FILE = "labels.csv"  # a generic label file in RAW_DIR is carried over to OUT_DIR
 
 
-def model_crop_spec(model: str, config: str = "paper") -> tuple[Alignment, int]:
-    """(alignment recipe, crop side) of a model config, without building the model."""
+def model_crop_spec(model: str, config: str | None = None) -> tuple[Alignment, int]:
+    """(alignment recipe, crop side) of a model config (default: the model's first, its paper size), without
+    building the model."""
     from ..models.registry import get_adapter
 
     adapter = get_adapter(model)
+    config = config or adapter.config_names[0]
     if config not in adapter.config_names:
         raise InputError(f"{adapter.name} has no config {config!r}; choose one of: {', '.join(adapter.config_names)}")
     cfg = adapter.make_config(config)
@@ -59,6 +62,7 @@ class AlignResult:
     written: list[Path] = field(default_factory=list)  # crops written by this run
     already: int = 0  # photos done by an earlier run (crop present, or listed as skipped)
     skipped: dict[str, str] = field(default_factory=dict)  # photo (relative) -> reason, this run and earlier ones
+    labels: Path | None = None  # OUT_DIR/labels.csv, when RAW_DIR had a labels.csv
 
 
 def _read_skipped(path: Path) -> dict[str, str]:
@@ -92,7 +96,8 @@ def align_folder(
     Each crop keeps its photo's relative path and stem (``a/25_0_1_x.jpg`` -> ``a/25_0_1_x.png``), so ages in
     file names survive. Photos without a face, or unreadable, are listed in ``out_dir/skipped.csv``. A photo
     whose crop exists or that is listed there is not redone, so an interrupted run resumes where it stopped;
-    every file is written atomically, so no half-written crop is ever taken for a finished one.
+    every file is written atomically, so no half-written crop is ever taken for a finished one. A generic
+    ``labels.csv`` in ``raw_dir`` is rewritten into ``out_dir`` for the crops that were made.
     """
     from .media import read_image
 
@@ -130,4 +135,33 @@ def align_folder(
         target.parent.mkdir(parents=True, exist_ok=True)
         write_image(target, crop)
         result.written.append(target)
+    if (raw_dir / LABELS_FILE).is_file():
+        from ..training.data.sources import DatasetError
+
+        try:
+            result.labels = _carry_labels(raw_dir, out_dir, suffix)
+        except DatasetError:  # not the generic path,age[,gender] form: left for the user to convert
+            result.labels = None
     return result
+
+
+def _carry_labels(raw_dir: Path, out_dir: Path, suffix: str) -> Path:
+    """RAW_DIR/labels.csv (generic path,age[,gender]) rewritten for the crops: OUT_DIR/labels.csv with the crops'
+    names, without the rows whose photo gave no crop."""
+    from ..training.data.sources import read_csv_labels
+
+    records, _ = read_csv_labels(raw_dir / LABELS_FILE, raw_dir)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "age", "gender"])
+    for record in records:
+        if not record.path.is_relative_to(raw_dir):
+            continue  # a photo outside RAW_DIR was not aligned
+        crop = (out_dir / record.path.relative_to(raw_dir)).with_suffix(suffix)
+        if crop.is_file():
+            gender = {1: "male", 0: "female"}.get(record.gender, "")
+            writer.writerow([crop.relative_to(out_dir).as_posix(), f"{record.age:g}", gender])
+    path = out_dir / LABELS_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return path

@@ -53,6 +53,9 @@ def _tiny(model: str = "acgan") -> pyagingrt.Engine:
 
 def test_align_matches_inference_and_resumes(raw_dir: Path, tmp_path: Path, astronaut: np.ndarray, capsys) -> None:
     out = tmp_path / "aligned"
+    (raw_dir / "labels.csv").write_text(
+        "path,age,gender\nastronaut.png,35,f\nsub/25_1_0_2017.jpg,25,f\ngradient.png,40,m\n"
+    )
     assert main(["align", str(raw_dir), str(out), "--model", "acgan", "--config", "tiny", "--quiet"]) == 0
     crop_path, kept_path = out / "astronaut.png", out / "sub" / "25_1_0_2017.png"  # stems kept: file-name ages
     assert crop_path.is_file()
@@ -62,6 +65,12 @@ def test_align_matches_inference_and_resumes(raw_dir: Path, tmp_path: Path, astr
     assert skipped["gradient.png"] == "no face found"
     assert skipped["broken.jpg"].startswith("unreadable")
     assert "2 photos skipped" in capsys.readouterr().err
+    # the labels follow the crops; the faceless photo's row is dropped
+    from pyagingrt.training.data.dataset import open_dataset
+
+    data = open_dataset(out, image_size=48)
+    assert [p.relative_to(out).as_posix() for p in data.paths] == ["astronaut.png", "sub/25_1_0_2017.png"]
+    assert data.ages.tolist() == [35.0, 25.0]
 
     # the crop is what inference feeds the model for the same photo
     engine = _tiny("acgan")
