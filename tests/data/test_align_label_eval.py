@@ -155,6 +155,22 @@ def test_evaluate_identity_engine(astronaut: np.ndarray) -> None:
     assert 20 <= report.input_mean_age <= 55
 
 
+def test_evaluate_reads_a_dataset(astronaut: np.ndarray, tmp_path: Path) -> None:
+    """The training loop's path: a FaceAgeDataset of crops at another size than the engine's."""
+    from pyagingrt.evaluation import evaluate
+    from pyagingrt.pipeline.align import Alignment
+    from pyagingrt.pipeline.crops import aligned_crop
+    from pyagingrt.training.data.dataset import FaceAgeDataset
+    from pyagingrt.training.data.sources import Record
+
+    Image.fromarray(aligned_crop(astronaut, Alignment("ffhq"), 160, get_detector())).save(tmp_path / "a.png")
+    data = FaceAgeDataset([Record(tmp_path / "a.png", 35.0, 0, "a.png")], image_size=160)
+    report = evaluate(IdentityEngine(96), data, targets=[40])
+    assert report.judged_inputs == 1
+    assert report.targets[0].detected == 1
+    assert report.targets[0].identity_cosine == pytest.approx(1.0, abs=1e-9)
+
+
 def test_eval_cli_random_tiny(raw_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
     args = ["eval", "--random-weights", "--model", "acgan", "--config", "tiny", "--data", str(raw_dir)]
@@ -176,3 +192,9 @@ def test_eval_cli_random_tiny(raw_dir: Path, tmp_path: Path, capsys) -> None:
     assert "group" in captured.out  # the table
     assert main(["eval", "--data", str(raw_dir), "--out", str(out)]) == 1
     assert "give the CHECKPOINT" in capsys.readouterr().err
+
+    # a saved checkpoint, one target
+    checkpoint = engine.save(tmp_path / "acgan_tiny.safetensors")
+    assert main(["eval", str(checkpoint), "--data", str(raw_dir), "--ages", "60", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert [(t["label"], t["target_age"]) for t in report["targets"]] == [(">=51", 60.0)]
