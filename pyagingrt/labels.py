@@ -11,9 +11,13 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import MediaError
 from .pipeline.media import IMAGE_SUFFIXES, atomic_output, read_image
+
+if TYPE_CHECKING:
+    from .judges import FaceJudge
 
 __all__ = ["LabelResult", "label_folder", "write_labels"]
 
@@ -28,8 +32,9 @@ class LabelResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def label_folder(folder: Path, *, progress: Callable | None = None, judge=None) -> LabelResult:
-    """Judge the largest face of every picture under ``folder`` (recursive)."""
+def label_folder(folder: Path, *, progress: Callable | None = None, judge: FaceJudge | None = None) -> LabelResult:
+    """Judge the largest face of every picture under ``folder`` (recursive); ``progress`` wraps the list of
+    pictures (e.g. tqdm); ``judge`` defaults to the shared one without the identity network."""
     from .judges import get_judge
 
     if not folder.is_dir():

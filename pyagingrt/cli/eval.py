@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     photos = list_images(args.data)
     if args.limit is not None:
         photos = photos[: args.limit]
-    args.out.mkdir(parents=True, exist_ok=True)
-    engine = _load(args)
     judge = get_judge(identity=True)  # fails now, before any work, when the [eval] extra is missing
+    engine = _load(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     alignment, size = alignment_for(engine), engine.input_size
     crops, left_out = [], []
     for photo in tqdm(photos, unit="photo", desc="aligning", disable=args.quiet, dynamic_ncols=True):

