@@ -98,11 +98,12 @@ def test_morph_and_cacd_kinds(tmp_path: Path) -> None:
     cacd = tmp_path / "cacd"
     _image(cacd / "53_Robin_Williams_0001.jpg", 10)
     _image(cacd / "17_Emma_Watson_0004.jpg", 10)
+    _image(cacd / "23_50_Cent_0002.jpg", 10)  # a name starting with digits
     _image(cacd / "notes.png", 10)
     data = open_dataset(cacd, image_size=S, min_age=16, max_age=62)
     assert data.kind == "cacd"
-    assert sorted(data.ages.tolist()) == [17.0, 53.0]
-    assert data.genders.tolist() == [-1, -1]
+    assert sorted(data.ages.tolist()) == [17.0, 23.0, 53.0]
+    assert data.genders.tolist() == [-1, -1, -1]
     assert [r.where for r in data.skipped] == ["notes.png"]
 
 

@@ -55,7 +55,7 @@ _UNKNOWN = {"", "-1", "?", "u", "unknown", "none", "nan"}
 
 _UTKFACE = re.compile(r"^(\d+)_([01])_(\d+)_(\d+)")  # age_gender_race_date[.jpg.chip].jpg
 _MORPH = re.compile(r"^\d+_\d+([MFmf])(\d{2})(?:\D|$)")  # 001234_1M23.JPG
-_CACD = re.compile(r"^(\d+)_[A-Za-z]")  # 53_Robin_Williams_0001.jpg
+_CACD = re.compile(r"^(\d+)_(?=[^.]*[A-Za-z])")  # 53_Robin_Williams_0001.jpg, 23_50_Cent_0001.jpg: a name follows
 
 
 class DatasetError(InputError):
