@@ -181,7 +181,8 @@ def open_dataset(
     if not min_age <= max_age:
         raise DatasetError(f"min_age {min_age} is above max_age {max_age}")
     root = Path(source)
-    records, skipped, filtered, resolved = read_records(root, kind, Path(labels) if labels is not None else None)
+    label_file = Path(labels) if labels else None  # None or "" (an unset config value): no label file
+    records, skipped, filtered, resolved = read_records(root, kind or "auto", label_file)
     usable: list[Record] = []
     for record in records:
         reason = None
