@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "it without weights: agingrt eval --random-weights --model acgan --config tiny --data photos/",
     )
     p.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT", help="the weights to judge")
-    p.add_argument("--data", type=Path, required=True, help="folder of photos (or aligned crops) with faces")
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="folder of photos (or aligned crops) with faces"
+    )
     p.add_argument("--model", help="ageflow, acgan, cusp or pada (default: read from a pyagingrt checkpoint)")
     p.add_argument("--config", help="model config, e.g. paper or tiny (default: the checkpoint's, else paper)")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (to try the command)")
