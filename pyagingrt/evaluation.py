@@ -57,8 +57,9 @@ class TargetResult:
     same_person: float | None  # share of pairs with distance < 0.6
 
     @property
-    def detection_share(self) -> float:
-        return self.detected / self.inputs if self.inputs else math.nan
+    def detection_share(self) -> float | None:
+        """Outputs with a face found / judged inputs; None when no input could be judged."""
+        return self.detected / self.inputs if self.inputs else None
 
 
 @dataclass
@@ -80,7 +81,7 @@ class EvalReport:
 
     def save_json(self, path: Path) -> None:
         with atomic_output(Path(path)) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         """A plain-text table, one row per target."""
@@ -126,7 +127,8 @@ class EvalReport:
         axes[1].bar(x, cosine, color="tab:green")
         axes[1].set_ylim(0, 1)
         axes[1].set_title("identity: cosine (dlib)")
-        axes[2].bar(x, [t.detection_share for t in self.targets], color="tab:orange")
+        shares = [np.nan if t.detection_share is None else t.detection_share for t in self.targets]
+        axes[2].bar(x, shares, color="tab:orange")
         axes[2].set_ylim(0, 1)
         axes[2].set_title("faces still detected")
         for ax in axes:

@@ -218,3 +218,17 @@ def test_missing_eval_extra_is_one_clear_line(raw_dir: Path, tmp_path: Path, mon
     assert err.startswith("agingrt: error: ")
     assert "pip install 'pyagingrt[eval]'" in err
     assert not (tmp_path / "labels.csv").exists()
+
+
+def test_evaluate_without_faces_reports_none(tmp_path: Path) -> None:
+    """Pictures with no face (e.g. a synthetic training set): every figure is None, the JSON stays valid."""
+    from pyagingrt.evaluation import evaluate
+
+    flat = torch.from_numpy(_faceless()[:64, :64]).permute(2, 0, 1)[None].float() / 255
+    report = evaluate(IdentityEngine(64), flat, targets=[30])
+    assert report.judged_inputs == 0
+    assert report.input_mean_age is None
+    assert report.targets[0].detection_share is None
+    assert report.targets[0].mean_age is None
+    report.save_json(tmp_path / "eval.json")
+    assert json.loads((tmp_path / "eval.json").read_text())["targets"][0]["detection_share"] is None
