@@ -6,8 +6,9 @@ back with a feathered mask; for video, track faces and overlap decode, model and
     age_video(engine, Path("in.mp4"), Path("out.mp4"), 70)     # what `agingrt video` runs
 
 Modules: detect (interface), mtcnn (the detector), align (transforms), warp (device-side crop and paste),
-faces (photos), track (video face tracks), video (the threaded video pipeline), media (safe reading, atomic
-writing), sheet (age-progression sheets). OpenCV and PyAV are imported only when a detector or video is used.
+faces (photos), crops (raw photos -> a model's training crops, ``agingrt align``), track (video face tracks),
+video (the threaded video pipeline), media (safe reading, atomic writing), sheet (age-progression sheets).
+OpenCV and PyAV are imported only when a detector or video is used.
 """
 
 from __future__ import annotations
