@@ -148,6 +148,19 @@ def test_engine_from_official_snapshot_defaults_to_official_mask(tmp_path, fake_
         pyagingrt.load("cusp", checkpoint=path, config="tiny", device="cpu", mask="guided")
 
 
+def test_agingrt_info_says_which_mask_runs(tmp_path, fake_modules, capsys):  # noqa: F811
+    from pyagingrt.cli.main import main
+
+    engine = pyagingrt.load("cusp", checkpoint=write_official(tmp_path / "snap.pkl", tiny_source()), config="tiny")
+    saved = engine.save(tmp_path / "cusp-official.safetensors")
+    assert main(["info", str(saved)]) == 0
+    assert (
+        "behaviour   mask official: plain ReLU backward, 433-tap mask blur, DEX loss 'max'" in capsys.readouterr().out
+    )
+    assert main(["info", "cusp", "--config", "tiny"]) == 0
+    assert "behaviour   mask paper: guided ReLU backward, 7-tap mask blur" in capsys.readouterr().out
+
+
 # --- the reader: nothing outside its own objects changes, no claimed size is allocated ------------------------
 def _storage_handle() -> ops.Raw:
     return ops.call("torch.storage", "_load_from_bytes", ops.legacy_storage_bytes(4, bytes(16)))
