@@ -230,7 +230,7 @@ class _LegacyHeaderScanner(pickle._Unpickler):  # type: ignore[name-defined]
         if module == "torch" and name.endswith("Storage"):
             return _StorageClass(name)
         if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
+            return _ReaderFunction(collections.OrderedDict, "collections.OrderedDict")
         if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
             return lambda *args: None  # a tensor view of a storage: the storage claim is what counts
         raise UnpicklingRefused(f"{module}.{name}")
@@ -371,9 +371,9 @@ def _numpy_table(max_items: int) -> dict[tuple[str, str], Any]:
     return table
 
 
-def _check_array_state(array: Any, state: Any) -> None:
+def _check_array_state(array: Any, state: Any, file_size: int) -> None:
     """An ndarray BUILD state (version, shape, dtype, fortran, data) must hold exactly the data its shape needs
-    (numpy allocates an object array from the shape before it reads the list)."""
+    (numpy allocates an object array from the shape before it reads the list) and fit in the file."""
     if not isinstance(state, tuple) or len(state) not in (4, 5):
         raise PickleRefused("a numpy array record has a malformed state")
     shape, dtype, data = state[-4], state[-3], state[-1]
@@ -385,7 +385,7 @@ def _check_array_state(array: Any, state: Any) -> None:
         raise PickleRefused(f"a numpy array record has a malformed shape or dtype ({exc})") from exc
     have = len(data) if isinstance(data, (list, bytes, bytearray)) else -1
     want = count if has_object else count * itemsize
-    if count < 0 or have != want:
+    if count < 0 or have != want or count * itemsize > file_size:
         raise PickleRefused(
             f"a numpy array record of shape {tuple(shape)} needs {want:,} items, its data holds {have:,}"
         )
@@ -403,6 +403,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, file: Any) -> None:
         remaining = _remaining_bytes(file)
         super().__init__(_BoundedReader(file, remaining))
+        self._file_size = remaining
         self._allowed = self._allowed_globals(remaining)
         self._handed_out: dict[int, Any] = {}  # id -> object (kept alive so ids stay unique)
         self.stubbed: set[str] = set()  # qualified names replaced by inert stubs (reported by the converter)
@@ -457,7 +458,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         target, state = self.stack[-2], self.stack[-1]
         self._check_target(target)
         if type(target).__module__.startswith("numpy") and type(target).__name__ == "ndarray":
-            _check_array_state(target, state)
+            _check_array_state(target, state, self._file_size)
         super().load_build()
 
     def load_setitem(self) -> None:

@@ -342,3 +342,20 @@ def test_paper_and_official_masks_differ_and_paper_is_unchanged():
     assert model.config.gb_kernel_size == 7
     assert (paper_mask - official_mask_).abs().max() > 0.05
     assert math.isclose(CUSPConfig.paper224().replace(mask="official").gb_sigma, 0.3 * (1731 / 2 - 1) + 0.8)
+
+
+@pytest.mark.slow
+def test_official_mask_at_paper224_on_both_backends():
+    from pyagingrt.backends.native_cusp import CUSPRunner
+
+    torch.manual_seed(0)
+    config = CUSPConfig.paper224().replace(mask="official", dex_outclass="max")
+    model = CUSP(config).eval()  # random weights: the mask path is all that is compared
+    dex = DEX(config.dex)
+    dex.load_state_dict(model.dex.state_dict())
+    x = torch.rand(1, 3, 224, 224) * 2 - 1
+    want = 1 - official_mask(dex, x, "max", 1731)  # M, the weight of the extra blur
+    runner = CUSPRunner(ADAPTER, model, config, torch.device("cpu"), torch.float32)
+    for name, got in (("torch", model.structure_mask(x)), ("native", runner.mask(x))):
+        diff = (got - want).abs().max().item()
+        assert diff < 1e-4, f"{name}: max abs diff {diff:.3g} against the official mask at 224"
