@@ -359,3 +359,14 @@ def test_official_mask_at_paper224_on_both_backends():
     for name, got in (("torch", model.structure_mask(x)), ("native", runner.mask(x))):
         diff = (got - want).abs().max().item()
         assert diff < 1e-4, f"{name}: max abs diff {diff:.3g} against the official mask at 224"
+
+
+def test_config_dicts_saved_before_the_mask_field_still_load():
+    import dataclasses
+
+    old = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "mask"} | {"gb_kernel": "intended"}
+    assert ADAPTER.config_from_dict(old) == TINY
+    with pytest.raises(InputError, match="mask='official'"):
+        ADAPTER.config_from_dict(old | {"gb_kernel": "as_written"})
+    with pytest.raises(InputError, match="mask must be one of"):
+        ADAPTER.config_from_dict(dataclasses.asdict(TINY) | {"mask": "guided"})
