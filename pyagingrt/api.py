@@ -6,6 +6,7 @@ out = eng.age(images, target_age=70, sigma_m=9.0, sigma_g=0.0, seed=0)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -17,7 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from .backends.cuda_graphs import check_buckets
-from .checkpoint import CheckpointHeader, load_checkpoint, load_state_dict_strict, read_header, save_checkpoint
+from .checkpoint import (
+    CheckpointHeader,
+    check_state_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    read_header,
+    save_checkpoint,
+)
 from .errors import (
     CheckpointError,
     InputError,
@@ -160,10 +168,14 @@ def load(
             cfg, config_name = adapter.config_from_dict(header.config), None
             source = header.source
         else:
-            cfg, state = adapter.convert_official(
+            converted, state = adapter.convert_official(
                 ckpt_path, config_name if config is not None else None, **load_options
             )
+            requested = cfg if config is not None and not isinstance(config, str) else None
+            cfg = _apply_requested_config(adapter, converted, requested, state, ckpt_path)
+            config_name = adapter.config_name_of(cfg)  # a converted non-paper layout is not labelled paper
             source = {"converted_from": ckpt_path.name}
+    cfg = adapter.configure(cfg, **load_options)
     module = adapter.build(cfg)
     if state is None:
         warnings.warn(
@@ -189,6 +201,28 @@ def load(
     if precision == "auto" and backend == "native" and dtype == torch.float16 and bf16_ok:
         return build_with_bf16_fallback(build, adapter.name)
     return build(dtype)
+
+
+def _apply_requested_config(
+    adapter: ModelAdapter, converted: Any, requested: Any, state: dict[str, Tensor], path: Path
+) -> Any:
+    """``config=`` (a dict or object) with an official checkpoint: applied when the weights fit it (a warning
+    lists what it changes from the checkpoint's own config), else refused naming the fields."""
+    if requested is None or requested == converted:
+        return converted
+    changes = ", ".join(
+        f"{f.name} {getattr(converted, f.name)!r} -> {getattr(requested, f.name)!r}"
+        for f in dataclasses.fields(converted)
+        if getattr(converted, f.name) != getattr(requested, f.name, None)
+    )
+    try:
+        with torch.device("meta"):
+            reference = adapter.build(requested)  # shapes only
+        check_state_dict(reference, state, str(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"config= does not fit {path} ({changes}): {exc}") from None
+    warnings.warn(f"config= applied to {path}: {changes} (checkpoint -> config=)", UserWarning, stacklevel=3)
+    return requested
 
 
 def build_with_bf16_fallback(build: Callable[[torch.dtype], Engine], model: str) -> Engine:

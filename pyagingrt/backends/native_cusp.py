@@ -80,6 +80,11 @@ def guided_relu_backward(grad_out: Tensor, act: Tensor) -> Tensor:
     return _guided_relu_backward_op(grad_out, act, impl="auto")
 
 
+def plain_relu_backward(grad_out: Tensor, act: Tensor) -> Tensor:
+    """g [act > 0]: the ReLU's own backward (mask mode "official", docs/models/cusp.md)."""
+    return torch.where(act > 0, grad_out, torch.zeros_like(grad_out))
+
+
 # --- build-time helpers -------------------------------------------------------------------------------------
 def age_tables(model: CUSP) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """w_a, conv0 styles and conv0 demodulation for every age class, in the module's dtype.
@@ -255,6 +260,8 @@ class CUSPRunner(NativeRunner):
         cfg, dex = model.config, model.dex
         self.dex_res = dex.config.input_res
         self.dex_reduce = cfg.dex_outclass
+        # mask mode: guided ReLU backward ("paper") or the plain one the official G_ema runs ("official")
+        self.dex_relu_backward = guided_relu_backward if cfg.guided_relu else plain_relu_backward
         perm = [2, 1, 0]  # BGR <-> RGB, its own inverse
         # u_bgr[k] = x[perm[k]] - mean[k]: in RGB order channel j subtracts mean[perm[j]]
         self.dex_mean = self._dev(dex.mean.flatten()[perm]).view(1, 3, 1, 1)  # [1, 3, 1, 1]
@@ -463,7 +470,8 @@ class CUSPRunner(NativeRunner):
         return g.mul_(inv.view(-1, *([1] * (g.dim() - 1))))  # in place, fp32 maths, stored in g's dtype
 
     def dex_input_gradient(self, x: Tensor) -> Tensor:
-        """G = dL/dx through the DEX with guided ReLUs: x [B, 3, H, H] fp32 -> Tensor[B, 3, H, H] (RGB order)."""
+        """G = dL/dx through the DEX (guided or plain ReLU backward, by mask mode): x [B, 3, H, H] fp32 ->
+        Tensor[B, 3, H, H] (RGB order)."""
         u = x
         if self.resize is not None:
             u = F.interpolate(u, size=(self.dex_res, self.dex_res), mode="bilinear", align_corners=False)
@@ -490,12 +498,12 @@ class CUSPRunner(NativeRunner):
             logits = F.linear(h, *self.fc8)  # [B, classes]
             g = self.fc8[0].index_select(0, logits.argmax(dim=1))  # [B, fc]: the top logit's row
         for (weight, _), act in zip(reversed(self.dex_fcs), reversed(fc_acts), strict=True):
-            g = guided_relu_backward(g, act) @ weight  # [B, in]
+            g = self.dex_relu_backward(g, act) @ weight  # [B, in]
         g = self._rescale(g.reshape(pooled_shape))  # [B, C, r, r]
         for group, group_acts, index in zip(reversed(self.dex_groups), reversed(acts), reversed(pools), strict=True):
             g = self._unpool(g, index, group_acts[-1])  # [B, C, 2r, 2r]
             for (weight, _), act in zip(reversed(group), reversed(group_acts), strict=True):
-                g = F.conv_transpose2d(guided_relu_backward(g, act), weight, padding=1)  # [B, I, r, r]
+                g = F.conv_transpose2d(self.dex_relu_backward(g, act), weight, padding=1)  # [B, I, r, r]
             g = self._rescale(g)
         g = g.float() * 127.5  # [B, 3, r, r]
         if self.resize is not None:

@@ -1,14 +1,21 @@
 """Official AgeFlow checkpoints (Hzzone/AgeFlow ``generator-{iter}``) -> the project's AgeFlow state dict.
 
-specs/ageflow.md section 5. The official release holds only the flow G (config 0: ActNorm, LU 1x1 conv,
-additive coupling), saved from ``nn.DataParallel`` so every key starts with ``module.``. Steps:
+docs/models/ageflow.md. The official release holds only the flow G, saved from ``nn.DataParallel`` so every
+key starts with ``module.``. The README's two recipes give two layouts: config 0 (ActNorm, LU 1x1 conv,
+additive coupling; the 256x256 CelebA flow) and config 1 (no ActNorm, a fixed shuffled channel permutation,
+additive coupling; the 64x64 FFHQ-Aging flow, 4 levels x 32 steps). Steps:
 
 1. ``torch.load(weights_only=True)`` (no code from the file runs); strip ``module.``.
-2. Infer the layout: levels L and steps K from the ``blocks.{l}.flows.{k}`` indices, width h from
-   ``coupling.net.0.weight``. Config 1 (``invconv.indices``, the 64x64 FFHQ-Aging flow) is refused.
-3. Validate, naming the key: exact key set and shapes, finite float32 values, ``initialized`` = 1, ``w_p`` a
+2. Config 1 (``invconv.indices`` keys) is rewritten exactly into the config-0 layout
+   (:func:`config1_to_config0`): the identity ActNorm becomes loc 0, scale 1; the permutation
+   ``out[c] = in[indices[c]]`` becomes the 1x1 conv with W = P, P[c, indices[c]] = 1, stored as w_p = P with
+   L = I, U = I (w_l = w_u = 0, w_s = 0, sign +1). Every value involved is 0 or 1, so the converted flow gives
+   the official z and decode bit for bit (a product with 1 and sums with 0 are exact).
+3. Infer the layout: levels L and steps K from the ``blocks.{l}.flows.{k}`` indices, width h from
+   ``coupling.net.0.weight``.
+4. Validate, naming the key: exact key set and shapes, finite float32 values, ``initialized`` = 1, ``w_p`` a
    permutation, ``u_mask``/``l_mask``/``l_eye`` canonical, ``s_sign`` in {-1, +1}.
-4. Write ``flow.<official key>``; T (``ictm.``), the prior generator (``prior.``) and D (``disc.``) are not
+5. Write ``flow.<official key>``; T (``ictm.``), the prior generator (``prior.``) and D (``disc.``) are not
    published, so they keep their init (drawn under a fixed seed, so a file always converts to the same tensors):
    T is exactly the identity and the prior table is zero, i.e. ageing with official weights alone reconstructs
    the input (mode ``direction`` would need the mean latents, which are not published either).
@@ -43,14 +50,64 @@ def strip_data_parallel(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(state_dict)
 
 
+def is_config1(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether a flow state dict is the official config 1 (``Permute2d`` buffers, no ActNorm)."""
+    return any(k.endswith("invconv.indices") for k in state_dict)
+
+
+def _permutation(state_dict: Mapping[str, Tensor], prefix: str, source: str) -> Tensor:
+    """``{prefix}indices``, checked: int64 [C], a permutation of 0..C-1, inverted by ``indices_inverse``."""
+    key, inv_key = prefix + "indices", prefix + "indices_inverse"
+    if inv_key not in state_dict or key not in state_dict:
+        raise CheckpointError(f"{source}: a config-1 step needs both {key} and {inv_key}")
+    indices, inverse = state_dict[key], state_dict[inv_key]
+    for name, value in ((key, indices), (inv_key, inverse)):
+        if value.dim() != 1 or value.dtype != torch.int64:
+            raise CheckpointError(f"{source}: {name} must be an int64 vector, got {value.dtype} {tuple(value.shape)}")
+    n = indices.numel()
+    if not torch.equal(torch.sort(indices).values, torch.arange(n)):
+        raise CheckpointError(f"{source}: {key} is not a permutation of 0..{n - 1}")
+    if inverse.numel() != n or not torch.equal(inverse[indices], torch.arange(n)):
+        raise CheckpointError(f"{source}: {inv_key} does not invert {key}")
+    return indices
+
+
+def config1_to_config0(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """The exact config-0 form of a config-1 flow (module docstring, step 2)."""
+    if any(".actnorm." in k for k in state_dict):
+        key = next(k for k in state_dict if ".actnorm." in k)
+        raise CheckpointError(f"{source} mixes config 1 (invconv.indices) with ActNorm keys ({key})")
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("invconv.indices_inverse"):
+            continue
+        if not key.endswith("invconv.indices"):
+            out[key] = value
+            continue
+        step = key[: -len("invconv.indices")]
+        indices = _permutation(state_dict, step + "invconv.", source)
+        n = indices.numel()
+        upper = torch.triu(torch.ones(n, n), 1)
+        out.update(
+            {
+                step + "actnorm.loc": torch.zeros(1, n, 1, 1),
+                step + "actnorm.scale": torch.ones(1, n, 1, 1),
+                step + "actnorm.initialized": torch.tensor(1, dtype=torch.uint8),
+                step + "invconv.w_p": torch.eye(n)[indices],  # [C, C], row c = e_{indices[c]}
+                step + "invconv.u_mask": upper,
+                step + "invconv.l_mask": upper.T.contiguous(),
+                step + "invconv.l_eye": torch.eye(n),
+                step + "invconv.s_sign": torch.ones(n),
+                step + "invconv.w_l": torch.zeros(n, n),
+                step + "invconv.w_u": torch.zeros(n, n),
+                step + "invconv.w_s": torch.zeros(n),
+            }
+        )
+    return out
+
+
 def infer_layout(state_dict: Mapping[str, Tensor], source: str) -> tuple[int, int, int]:
     """(levels, steps, hidden) of an official flow state dict (``module.`` already stripped)."""
-    if any(k.endswith("invconv.indices") for k in state_dict):
-        key = next(k for k in state_dict if k.endswith("invconv.indices"))
-        raise CheckpointError(
-            f"{source} is an official config-1 flow (key {key}: fixed permutation, no ActNorm; the 64x64 "
-            "FFHQ-Aging recipe); pyagingrt converts only the config-0 flow (ActNorm + LU 1x1 conv)."
-        )
     indices = [tuple(map(int, m.groups())) for k in state_dict if (m := _FLOW_KEY.match(k))]
     if not indices:
         sample = ", ".join(sorted(state_dict)[:3]) or "none"
@@ -131,6 +188,8 @@ def convert_flow_state_dict(
             f"{source} is not a state dict (a mapping of names to tensors); pass the official 'generator-<iter>' file"
         )
     flow_sd = strip_data_parallel(raw)
+    if is_config1(flow_sd):
+        flow_sd = config1_to_config0(flow_sd, source)
     levels, steps, hidden = infer_layout(flow_sd, source)
     config = config_for_layout(levels, steps, hidden, config_name, source)
     with torch.device("meta"):  # shapes only: no random init of a 177M-parameter flow
@@ -163,9 +222,11 @@ def convert_official_ageflow(
 
 __all__ = [
     "NAMED_CONFIGS",
+    "config1_to_config0",
     "config_for_layout",
     "convert_flow_state_dict",
     "convert_official_ageflow",
     "infer_layout",
+    "is_config1",
     "strip_data_parallel",
 ]

@@ -1,7 +1,9 @@
 """Official CUSP snapshot (``network-snapshot-*.pkl``) -> state dict of ``training.models.cusp.CUSP``.
 
-specs/cusp.md section 5. The snapshot is a StyleGAN2-ADA persistence pickle embedding source code; it is read
-with :mod:`restricted_pickle` (nothing from the file is imported or run). Steps:
+docs/models/cusp.md ("Reading a snapshot"). The snapshot is a StyleGAN2-ADA persistence pickle embedding source
+code; it is read with :mod:`restricted_pickle` (nothing from the file is imported or run). Whatever ``G``, ``D``
+and the training options hold (stub classes of the training code, torch 1.10 hook handles) only ``G_ema`` is
+converted. Steps:
 
 1. unpickle with the allow-list; ``G_ema`` must be a persistent record;
 2. walk its ``_parameters`` / ``_buffers`` / ``_modules`` and collect tensors by dotted name (the DEX wrapper
@@ -12,7 +14,8 @@ with :mod:`restricted_pickle` (nothing from the file is imported or run). Steps:
    the class of its ReLU, the mask-kernel expression in the embedded source and each source's SHA-256;
 5. check every ``resample_filter`` against f = [1,3,3,1]^2/64 and ``blur_list`` against the official bank
    (sigma_i = linspace(1e-20, S/25, 1024)[i], 2-D normalised Gaussian, to 1e-6); drop ``blur_list``;
-6. return the G tensors under their official names plus ``dex.*``.
+6. return the G tensors under their official names plus ``dex.*``, with the config in mask mode ``official``
+   (plain ReLU backward, the official code's full mask blur: what the released ``G_ema`` computes).
 
 Weights are kept unscaled: the model applies the official runtime gains itself (W/sqrt(9 C_in) in the
 encoders, W*0.01/sqrt(in) and b*0.01 in the mappings, A/sqrt(512) in the affines, s/sqrt(C_in) in toRGB), so
@@ -36,7 +39,14 @@ from pyagingrt.errors import CheckpointError
 from pyagingrt.training.layers.stylegan2 import fir_filter
 from pyagingrt.training.models.cusp import CUSP, CUSPConfig, skip_blur_kernel_size
 
-from .restricted_pickle import InertObject, PersistentRecord, UnpicklingRefused, restricted_load
+from .restricted_pickle import (
+    InertObject,
+    PersistentRecord,
+    PickleRefused,
+    UnpicklingRefused,
+    one_line,
+    restricted_load,
+)
 
 BLUR_BANK_SIZE = 1024
 DEX_WRAPPER = "skip_grad_blur"  # the G_ema attribute holding the mask wrapper -> DEXAgeClassifier -> VGG
@@ -254,7 +264,7 @@ def convert_snapshot(obj: Any, config: CUSPConfig | None = None, source: str = "
     kwargs = g_ema.state.get("_init_kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise CheckpointError(f"{source}: G_ema._init_kwargs is a {type(kwargs).__name__}, not a dict")
-    config = _config_for(kwargs, config, source)
+    config = _config_for(kwargs, config, source).replace(mask="official")
     absent = check_variant(kwargs, config, source)
 
     tensors = collect_tensors(g_ema, skip=(DEX_WRAPPER,))
@@ -303,8 +313,10 @@ def read_snapshot(path: str | Path) -> Any:
             f"{path} names the global {exc.qualname}, which a CUSP snapshot does not need; refusing to load it "
             "(nothing from the file was run). Is this a genuine network-snapshot-*.pkl?"
         ) from exc
+    except PickleRefused as exc:
+        raise CheckpointError(f"{path} was refused by the snapshot reader (nothing from it was run): {exc}") from exc
     except Exception as exc:  # pickle raises many kinds (UnpicklingError, EOFError, TypeError, ...)
-        raise CheckpointError(f"cannot read {path} as a CUSP snapshot pickle: {exc}") from exc
+        raise CheckpointError(f"cannot read {path} as a CUSP snapshot pickle: {one_line(exc)}") from exc
     return obj
 
 

@@ -1,9 +1,15 @@
-"""Official DiffAE ``ffhq256_autoenc`` checkpoint -> PADA state dict (specs/pada.md section 6).
+"""Official DiffAE ``ffhq256_autoenc`` checkpoint -> PADA state dict (docs/models/pada.md).
 
 Input: the PyTorch Lightning ``last.ckpt`` (``{"state_dict": {...}, "global_step": ...}``) whose state dict holds
 ``ema_model.*`` (the weights DiffAE infers with, the only ones kept), ``model.*`` (online weights, ignored),
-``x_T`` (a fixed noise buffer, ignored) and maybe ``conds_mean`` / ``conds_std``; and optionally ``latent.pkl``
-(torch-saved ``{conds [N,Z], conds_mean [Z] or [1,Z], conds_std [Z] or [1,Z]}``), the z_sem statistics.
+``x_T`` (a fixed noise buffer, ignored) and maybe ``conds_mean`` / ``conds_std``; and optionally the z_sem
+statistics file (torch-saved ``{conds [N,Z], conds_mean [Z] or [1,Z], conds_std [Z] or [1,Z]}``), named
+``latent.pkl`` by DiffAE's code and ``latent.ckpt`` by its README; either is found beside the checkpoint.
+
+Lightning 1.4-era checkpoints key their ``callbacks`` dict by the callback *class* (e.g.
+``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``). Such Lightning globals are read as inert
+stand-in classes (found by disassembling the pickle, never imported; nothing of Lightning is needed or run);
+every other non-tensor global is still refused.
 
 Output keys: ``diffae.*`` (the 706 DiffAE keys of the paper config), ``age_encoder.*`` and ``modulation.*`` at
 PADA's identity init (D7; no PADA weights are public), ``stats.{mean,std}``; all float32. Files are read with
@@ -27,12 +33,37 @@ from pyagingrt.training.models.pada import AgeEncoder, DiffAE, Modulation, PADAC
 
 EMA_PREFIX = "ema_model."
 PADA_INIT_SEED = 0  # the untrained PADA layers are drawn from this seed, so a conversion is reproducible
+LATENT_NAMES = ("latent.pkl", "latent.ckpt")  # DiffAE's code writes the first, its README names the second
+LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.")
+
+
+class LightningStandIn:
+    """An inert stand-in for a Lightning class named in a checkpoint (a callbacks key): only its name."""
+
+    qualname: str = ""
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.qualname}>"
+
+
+def _lightning_stand_ins(path: Path) -> list[tuple[type, str]]:
+    """(stand-in class, "module.Name") for each Lightning global the checkpoint names (none if unreadable)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, or damaged: torch.load reports it below
+        return []
+    return [
+        (type(name.rsplit(".", 1)[-1], (LightningStandIn,), {"qualname": name}), name)
+        for name in names
+        if name.startswith(LIGHTNING_PREFIXES)
+    ]
 
 
 def _load(path: Path, what: str) -> Any:
-    """torch.load(weights_only=True); a refused non-tensor global is named in the error."""
+    """torch.load(weights_only=True), Lightning globals as stand-ins; another refused global is named."""
     try:
-        return torch_load_weights_only(path)
+        with torch.serialization.safe_globals(_lightning_stand_ins(path)):
+            return torch_load_weights_only(path)
     except CheckpointError as exc:
         blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if blocked is None:
@@ -86,10 +117,10 @@ def _as_stat(value: Any, name: str, source: str, width: int) -> Tensor:
 
 
 def _stats(path: Path, state_dict: Mapping[str, Any], latent: Path | None, width: int) -> tuple[Tensor, Tensor, str]:
-    """(mean [Z], std [Z], where they came from): latent.pkl given, else beside the checkpoint, else the
-    checkpoint's conds_mean / conds_std, else mean 0 / std 1 with a warning."""
-    if latent is None and (path.parent / "latent.pkl").is_file():
-        latent = path.parent / "latent.pkl"
+    """(mean [Z], std [Z], where they came from): the latent file given, else latent.pkl or latent.ckpt beside
+    the checkpoint, else the checkpoint's conds_mean / conds_std, else mean 0 / std 1 with a warning."""
+    if latent is None:
+        latent = next((path.parent / n for n in LATENT_NAMES if (path.parent / n).is_file()), None)
     if latent is not None:
         data = _load(Path(latent), "latent file")
         if not isinstance(data, Mapping):
@@ -103,7 +134,8 @@ def _stats(path: Path, state_dict: Mapping[str, Any], latent: Path | None, width
         where = f"{path} (conds_mean, conds_std)"
     else:
         warnings.warn(
-            f"no latent.pkl beside {path} and no conds_mean/conds_std in it: using z_sem statistics mean 0, std 1. "
+            f"no latent.pkl or latent.ckpt beside {path} and no conds_mean/conds_std in it: using z_sem "
+            "statistics mean 0, std 1. "
             "PADA's modulation is defined relative to DiffAE's FFHQ statistics; pass latent=PATH to use them.",
             UserWarning,
             stacklevel=3,
@@ -122,7 +154,7 @@ def convert_diffae_checkpoint(
     Args:
         path: ``last.ckpt`` of DiffAE ``ffhq256_autoenc``.
         config: the PADA config the weights must fit (default: paper).
-        latent: ``latent.pkl`` with the z_sem statistics; default: ``latent.pkl`` beside ``path`` if present.
+        latent: the z_sem statistics file; default: ``latent.pkl`` or ``latent.ckpt`` beside ``path`` if present.
 
     Returns:
         (state_dict for ``PADA(config)``, info: ``global_step``, ``stats_source``).

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters  {info['parameters']:,}")
     print(f"GFLOP/image {info['gflop_per_image']:.2f}")
     print(f"input       {info['input_size']}x{info['input_size']} aligned RGB crop")
+    if behaviour := engine.adapter.behaviour(engine.config):  # e.g. CUSP's mask mode
+        print(f"behaviour   {behaviour}")
     print("age groups  " + "\n            ".join(info["age_groups"]))
     if info["options"]:
         print("options     " + "\n            ".join(f"{k} = {d!r}: {h}" for k, (d, h) in info["options"].items()))

@@ -72,6 +72,18 @@ class ModelAdapter(ABC):
     def config_to_dict(self, config: Any) -> dict[str, Any]:
         return dataclasses.asdict(config)
 
+    def config_name_of(self, config: Any) -> str | None:
+        """The name of the named config ``config`` is (its label in ``info``), None when it is none of them."""
+        return next((name for name in self.config_names if self.make_config(name) == config), None)
+
+    def configure(self, config: Any, **load_options: Any) -> Any:
+        """The config ``load()`` builds, after the load options that choose a behaviour (e.g. CUSP ``mask=``)."""
+        return config
+
+    def behaviour(self, config: Any) -> str | None:
+        """One line on a behaviour the config selects that ``info`` should show (e.g. CUSP's mask mode)."""
+        return None
+
     @abstractmethod
     def config_from_dict(self, data: Mapping[str, Any]) -> Any:
         """Inverse of config_to_dict (JSON turns tuples into lists; restore them)."""

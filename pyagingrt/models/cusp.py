@@ -22,6 +22,11 @@ Options of ``Engine.age``:
 * ``noise_seeds``: with noise="random", one int seed per image; by default they are drawn from the run's
   generator (image b gets the b-th draw), so a seed gives the same output on any device and batch size.
 
+Mask modes (load option ``mask=``, docs/models/cusp.md): ``official`` computes what the released ``G_ema``
+computes (plain ReLU backward through the DEX, the official code's full mask blur: 1731 taps at 224); it is the
+default for official snapshots. ``paper`` uses guided backpropagation and the intended 29-tap blur (Eq. (1));
+it is the default for every other config. Both run on every backend.
+
 Random weights (``build``): the official init, except ``noise_strength`` (zero in StyleGAN2, which would
 make the noise modes indistinguishable): it is set to N(0, 0.1^2) per layer.
 """
@@ -45,6 +50,11 @@ MIN_RR_AGE, MAX_RR_AGE = 20, 69  # the FFHQ-RR training ages (spec section 2)
 LS_CLUSTERS = ((0, 2), (3, 6), (7, 9), (10, 14), (15, 19), (20, 29), (30, 39), (40, 49), (50, 69), (70, math.inf))
 NOISE_MODES = ("const", "random", "none")
 NOISE_STRENGTH_STD = 0.1  # random-weight perturbation of the zero-initialised noise strengths
+MASK_DESCRIPTIONS = {
+    "official": "mask official: plain ReLU backward, {k}-tap mask blur, DEX loss '{outclass}' "
+    "(what the released G_ema computes)",
+    "paper": "mask paper: guided ReLU backward, {k}-tap mask blur, DEX loss '{outclass}' (the paper's Eq. (1))",
+}
 
 
 def _model_module():
@@ -67,6 +77,12 @@ class CUSPAdapter(ModelAdapter):
     )
     load_options: ClassVar[tuple[OptionSpec, ...]] = (
         OptionSpec("dex", None, "DEX VGG-16 weights (.safetensors or torch file, keys conv1_1.weight ...)"),
+        OptionSpec(
+            "mask",
+            None,
+            "structure mask: 'official' (what the released G_ema computes; the default for official snapshots) or "
+            "'paper' (guided ReLU, 29-tap blur; the default otherwise); docs/models/cusp.md",
+        ),
     )
     stochastic: ClassVar[bool] = False
 
@@ -76,6 +92,30 @@ class CUSPAdapter(ModelAdapter):
         if name not in self.config_names:
             raise InputError(f"CUSP has no config {name!r}; choose one of: {', '.join(self.config_names)}")
         return getattr(cls, name)()
+
+    def config_name_of(self, config: Any) -> str | None:
+        """The named layout, whatever the mask mode and DEX reduction (behaviours read from a snapshot)."""
+        return next(
+            (
+                name
+                for name in self.config_names
+                if self.make_config(name).replace(mask=config.mask, dex_outclass=config.dex_outclass) == config
+            ),
+            None,
+        )
+
+    def configure(self, config: Any, **load_options: Any) -> Any:
+        """``mask=`` chooses the mask mode (docs/models/cusp.md, "Mask modes")."""
+        mode = load_options.get("mask")
+        if mode is None:
+            return config
+        modes = _model_module().MASK_MODES
+        if mode not in modes:
+            raise InputError(f"CUSP mask must be one of {', '.join(modes)}, got {mode!r}")
+        return config.replace(mask=mode)
+
+    def behaviour(self, config: Any) -> str | None:
+        return MASK_DESCRIPTIONS[config.mask].format(k=config.gb_kernel_size, outclass=config.dex_outclass)
 
     def config_from_dict(self, data: Mapping[str, Any]) -> Any:
         try:

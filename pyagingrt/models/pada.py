@@ -84,7 +84,11 @@ class PADAAdapter(ModelAdapter):
     )
     load_options: ClassVar[tuple[OptionSpec, ...]] = (
         OptionSpec("clip", None, "Hugging Face CLIP directory (ViT-B/32 for paper); none: a random CLIP, meaningless"),
-        OptionSpec("latent", None, "DiffAE latent.pkl (z_sem statistics) when converting; default: beside the .ckpt"),
+        OptionSpec(
+            "latent",
+            None,
+            "DiffAE latent.pkl / latent.ckpt (z_sem statistics) when converting; default: beside the .ckpt",
+        ),
     )
 
     # --- configs -------------------------------------------------------------------------------------------
@@ -306,7 +310,8 @@ class PADAAdapter(ModelAdapter):
     def convert_official(
         self, path: Path, config_name: str | None = None, **load_options: Any
     ) -> tuple[Any, dict[str, Tensor]]:
-        """DiffAE ``ffhq256_autoenc/last.ckpt`` (+ ``latent.pkl``, default: beside it) -> PADA state dict.
+        """DiffAE ``ffhq256_autoenc/last.ckpt`` (+ ``latent.pkl`` or ``latent.ckpt``, default: beside it) -> PADA
+        state dict.
 
         PADA's own layers get the identity init (D7), so the result decodes like DiffAE autoencoding.
         """

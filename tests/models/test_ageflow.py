@@ -594,7 +594,7 @@ class TestOfficialCheckpoint:
 
     def test_refuses_other_files(self, tmp_path, official_tiny):
         config1 = {**official_tiny, "module.blocks.0.flows.0.invconv.indices": torch.arange(12)}
-        with pytest.raises(CheckpointError, match="config-1"):
+        with pytest.raises(CheckpointError, match="mixes config 1"):
             ADAPTER.convert_official(_save(tmp_path, config1))
         classifier = {"module.0.weight": torch.zeros(512, 768), "module.0.bias": torch.zeros(512)}
         with pytest.raises(CheckpointError, match="generator"):
@@ -622,3 +622,94 @@ def test_build_perturbs_zero_initialised_layers():
     assert all(m.conv.weight.abs().max() > 0 for m in zero_convs)
     assert all(int(m.initialized) == 1 for m in model.modules() if isinstance(m, ActNorm))
     assert model.prior.linear.weight.abs().max() > 0
+
+
+# --- config 1: the README's 64x64 FFHQ-Aging recipe (ActNormIdentity, Permute2d(shuffle=True)) --------------
+CONFIG1_LAYOUT = (4, 2, 16)  # levels, steps, width: the 64x64 recipe's 4 levels, few steps and channels
+
+
+def official_generator_config1(levels: int, steps: int, hidden: int) -> dict[str, torch.Tensor]:
+    """A random config-1 ``generator-*``: config 0's coupling and prior keys, a shuffled permutation per step
+    (``invconv.indices`` and its inverse, int64) and no ActNorm keys."""
+    sd = {k: v for k, v in official_generator(levels, steps, hidden).items() if ".actnorm." not in k}
+    sd = {k: v for k, v in sd.items() if ".invconv." not in k}
+    for l in range(levels):
+        c = 12 * 2**l
+        for k in range(steps):
+            indices = torch.randperm(c)
+            sd[f"module.blocks.{l}.flows.{k}.invconv.indices"] = indices
+            sd[f"module.blocks.{l}.flows.{k}.invconv.indices_inverse"] = torch.argsort(indices)
+    return sd
+
+
+def _coupling_net(p: dict[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
+    n = F.relu(F.conv2d(a, p["coupling.net.0.weight"], p["coupling.net.0.bias"], padding=1))
+    n = F.relu(F.conv2d(n, p["coupling.net.2.weight"], p["coupling.net.2.bias"]))
+    n = F.conv2d(F.pad(n, [1, 1, 1, 1], value=1.0), p["coupling.net.4.conv.weight"], p["coupling.net.4.conv.bias"])
+    return n * torch.exp(p["coupling.net.4.scale"] * 3)
+
+
+def _steps(sd, l, steps):
+    for k in range(steps):
+        prefix = f"module.blocks.{l}.flows.{k}."
+        yield {key[len(prefix) :]: v for key, v in sd.items() if key.startswith(prefix)}
+
+
+def official_config1_encode(sd, x, levels, steps):
+    """The official config-1 flow: squeeze, then per step x[:, indices] and the additive coupling; split."""
+    h, latents = x, []
+    for l in range(levels):
+        b, c, hh, ww = h.shape
+        h = h.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, hh // 2, ww // 2)
+        for p in _steps(sd, l, steps):
+            h = h[:, p["invconv.indices"]]
+            a, rest = h.chunk(2, 1)
+            h = torch.cat([a, rest + _coupling_net(p, a)], 1)
+        if l < levels - 1:
+            h, z = h.chunk(2, 1)
+            latents.append(z)
+    return [*latents, h]
+
+
+def official_config1_decode(sd, latents, levels, steps):
+    """The official reverse with ``reconstruct=True``: the given latents, flows undone in reverse order."""
+    h = None
+    for l in reversed(range(levels)):
+        h = latents[l] if h is None else torch.cat([h, latents[l]], 1)
+        for p in reversed(list(_steps(sd, l, steps))):
+            a, rest = h.chunk(2, 1)
+            h = torch.cat([a, rest - _coupling_net(p, a)], 1)
+            h = h[:, p["invconv.indices_inverse"]]
+        b, c4, hh, ww = h.shape
+        h = h.view(b, c4 // 4, 2, 2, hh, ww).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * hh, 2 * ww)
+    return h
+
+
+def test_config1_converts_exactly_and_is_not_labelled_paper(tmp_path):
+    import pyagingrt
+
+    torch.manual_seed(5)
+    levels, steps, hidden = CONFIG1_LAYOUT
+    sd = official_generator_config1(levels, steps, hidden)
+    path = _save(tmp_path, sd)
+    config, state_dict = ADAPTER.convert_official(path)
+    assert (config.image_size, config.levels, config.steps, config.hidden) == (64, *CONFIG1_LAYOUT)
+    model = ADAPTER.build(config)
+    model.load_state_dict(state_dict, strict=True)
+    flow = model.flow.eval()
+    x = quantize_input(_images(2, size=64))
+    with torch.no_grad():
+        latents = flow.encode(x)
+        want = official_config1_encode(sd, x, levels, steps)
+        for got, ref in zip([*latents.lower, latents.top], want, strict=True):
+            torch.testing.assert_close(got, ref, atol=0, rtol=0)  # 0/1 weights: the same z, bit for bit
+        torch.testing.assert_close(
+            flow.decode(latents.lower, latents.top), official_config1_decode(sd, want, levels, steps), atol=0, rtol=0
+        )
+    engine = pyagingrt.load("ageflow", checkpoint=path, device="cpu")
+    assert engine.config_name is None
+    assert engine.info()["config"] == "custom"
+    bad = dict(sd)
+    bad["module.blocks.1.flows.0.invconv.indices_inverse"] = torch.arange(24)
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.flows\.0\.invconv\.indices_inverse does not invert"):
+        ADAPTER.convert_official(_save(tmp_path, bad))

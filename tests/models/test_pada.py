@@ -519,3 +519,41 @@ def test_config_round_trip_and_unknown_name():
         ADAPTER.make_config("huge")
     assert ADAPTER.input_size(TINY) == S
     assert [g.label for g in ADAPTER.age_groups(TINY)] == ["0-5", "6-15", "16-25", "26-35", "36-50", "51-70", "70+"]
+
+
+class _Evil:  # a non-Lightning class in a callbacks key: still refused
+    pass
+
+
+@pytest.fixture
+def lightning_callback(monkeypatch) -> type:
+    """A class picklable as Lightning 1.4's ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``
+    (no Lightning is installed or imported)."""
+    import sys
+    import types
+
+    names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    callback = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    sys.modules[names[-1]].ModelCheckpoint = callback
+    return callback
+
+
+def test_lightning14_callbacks_keyed_by_class_and_latent_ckpt_name(tmp_path, lightning_callback):
+    source = make_engine(seed=4, identity=True)
+    ckpt = fake_lightning(source)
+    ckpt["pytorch-lightning_version"] = "1.4.2"
+    ckpt["callbacks"] = {lightning_callback: {"best_model_score": torch.tensor(0.5), "dirpath": "checkpoints"}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    mean, std = torch.randn(Z), torch.rand(Z) + 0.5
+    write_latent(tmp_path / "latent.ckpt", mean, std)  # the statistics under the name DiffAE's README uses
+    _, state = ADAPTER.convert_official(tmp_path / "last.ckpt", "tiny")
+    assert torch.equal(state["stats.mean"], mean)
+    assert torch.equal(state["stats.std"], std)
+    for key, value in source.diffae.state_dict().items():
+        assert torch.equal(state[f"diffae.{key}"], value), key
+    ckpt["callbacks"] = {_Evil: {}}
+    torch.save(ckpt, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="_Evil"):
+        ADAPTER.convert_official(tmp_path / "evil.ckpt", "tiny")

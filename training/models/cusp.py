@@ -35,6 +35,7 @@ from ..layers.stylegan2 import upsample2d as rgb_upsample2d
 NoiseMode = Literal["const", "random", "none"]
 ModconvForm = Literal["scaled", "grouped"]
 SKIP_LEVEL = 2  # only c_2 reaches the decoder (official skip_layers = [2])
+MASK_MODES = ("official", "paper")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ class CUSPConfig:
     conv_clamp: float | None = 256.0
     dex: DEXConfig = field(default_factory=DEXConfig.paper)
     dex_outclass: Literal["all", "max"] = "all"  # L = sum of logits (paper) or the top-1 logit
-    gb_kernel: Literal["intended", "as_written"] = "intended"  # spec section 7 item 5
+    # how the structure mask is computed (docs/models/cusp.md, "Mask modes"): "paper" = guided ReLU backward and
+    # the intended 29-tap mask blur; "official" = what the released G_ema computes: plain ReLU backward and the
+    # official code's full 1731-tap blur
+    mask: Literal["paper", "official"] = "paper"
     default_sigma_m: float = 9.0  # input-image pixels; the paper's custom preset
     default_sigma_g: float = 0.0
 
@@ -113,10 +117,16 @@ class CUSPConfig:
 
     @property
     def gb_kernel_size(self) -> int:
-        """k_gb = 2 floor(29 H / 448) + 1 (29 at 224), or the official code's as-written 2 floor(224 H / 58) + 1."""
-        if self.gb_kernel == "as_written":
+        """k_gb = 2 floor(29 H / 448) + 1 (29 at 224) in mask mode "paper"; the official code's as-written
+        2 floor(224 H / 58) + 1 (1731 at 224, 1977 at 256) in mode "official"."""
+        if self.mask == "official":
             return 2 * math.floor(self.resolution * 224 / 29 / 2) + 1
         return 2 * math.floor(29 * self.resolution / 448) + 1
+
+    @property
+    def guided_relu(self) -> bool:
+        """Whether the mask's backward through the DEX ReLUs is guided (mode "paper") or plain (mode "official")."""
+        return self.mask == "paper"
 
     @property
     def gb_sigma(self) -> float:
@@ -127,6 +137,10 @@ class CUSPConfig:
     def from_dict(data: dict) -> CUSPConfig:
         """Inverse of dataclasses.asdict (JSON lists back to tuples)."""
         fields = dict(data)
+        if fields.pop("gb_kernel", "intended") != "intended":  # the field mask replaced (configs saved before it)
+            raise TypeError("gb_kernel 'as_written' is now mask='official' (which also sets the plain ReLU backward)")
+        if fields.get("mask", "paper") not in MASK_MODES:
+            raise TypeError(f"mask must be one of {', '.join(MASK_MODES)}, got {fields['mask']!r}")
         dex = dict(fields.pop("dex", {}) or {})
         if "conv_channels" in dex:
             dex["conv_channels"] = tuple(tuple(g) for g in dex["conv_channels"])
@@ -288,7 +302,8 @@ class ImageDecoder(nn.Module):
 
 
 class CUSP(nn.Module):
-    """The CUSP generator with its frozen DEX (GuidedReLU everywhere) for the structure mask."""
+    """The CUSP generator with its frozen DEX for the structure mask (GuidedReLU everywhere in mask mode "paper",
+    plain ReLU in mode "official")."""
 
     def __init__(self, config: CUSPConfig | None = None) -> None:
         super().__init__()
@@ -301,7 +316,9 @@ class CUSP(nn.Module):
         self.style_map = MappingNetwork(config.enc_channels[-1], config.w_dim, config.map_layers, num_ws=2 * n)
         self.attr_map = MappingNetwork(config.attr_dim, config.w_dim, config.map_layers, num_ws=n)
         self.image_dec = ImageDecoder(config, skip_channels=config.enc_channels[SKIP_LEVEL - 1])
-        self.dex = DEX(config.dex).set_relu(GuidedReLU)
+        self.dex = DEX(config.dex)  # plain nn.ReLU: the official G_ema's backward
+        if config.guided_relu:
+            self.dex.set_relu(GuidedReLU)
         self.dex.requires_grad_(False)  # frozen: only the input gradient is taken
 
     # --- parts ------------------------------------------------------------------------------------------
@@ -402,4 +419,4 @@ def generator_parameter_count(model: CUSP) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("dex."))
 
 
-__all__ = ["CUSP", "SKIP_LEVEL", "CUSPConfig", "generator_parameter_count", "skip_blur_kernel_size"]
+__all__ = ["CUSP", "MASK_MODES", "SKIP_LEVEL", "CUSPConfig", "generator_parameter_count", "skip_blur_kernel_size"]
