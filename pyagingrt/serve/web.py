@@ -37,6 +37,7 @@ def page_config(name: str, engine: Any, random_weights: bool = False) -> dict[st
         "model": engine.model,
         "crops_model": crops,
         "photos_model": photos,
+        "photos_models": [photos],
         "input_size": int(engine.input_size),
         "age_groups": groups,
         "stochastic": is_stochastic(engine),

@@ -177,12 +177,10 @@ async function init() {
   if (state.config.random_weights) {
     show("banner", "This server runs RANDOM WEIGHTS: the aged images are meaningless.");
   }
-  const index = await (await fetch("/v2/repository/index", { method: "POST", body: "{}" })).json();
-  const names = index.map((m) => m.name).filter((n) => n.endsWith("_photos")).sort();
-  for (const name of names) {
+  // the photos models this server serves (Triton's repository index is closed by PyTriton): one per engine
+  for (const name of state.config.photos_models) {
     const option = document.createElement("option");
     option.value = option.textContent = name;
-    option.selected = name === state.config.photos_model;
     $("model").appendChild(option);
   }
   const [low, high] = ageRange();
