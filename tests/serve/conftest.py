@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+REQUIRED = "AGINGRT_REQUIRE_SERVE_TESTS"  # set by .ci/run in its serving venv: a skip would be a failure there
 
 
 def _serve_skip_reason() -> str | None:
@@ -47,6 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     reason = _serve_skip_reason()
     if reason is not None:
+        if os.environ.get(REQUIRED):  # CI: these tests must run, not skip
+            raise pytest.UsageError(f"{REQUIRED} is set but the serving tests cannot run: {reason}")
         for item in serve_items:
             item.add_marker(pytest.mark.skip(reason=reason))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from .conftest import REQUIRED
 
 pytestmark = pytest.mark.serve
 
@@ -23,7 +26,10 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.fixture
 def browser(tmp_path):
     if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+        reason = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get(REQUIRED):
+            pytest.fail(f"{REQUIRED} is set: {reason}")
+        pytest.skip(reason)
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
