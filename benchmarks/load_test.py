@@ -154,13 +154,14 @@ def run_config(args: argparse.Namespace, config: str, workdir: Path) -> list[dic
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         (
-            "| model (config) | concurrency | requests | req/s | p50 / p95 / p99 ms | batch mean (sizes formed) "
+            "| model (config) | concurrency | answered | req/s | p50 / p95 / p99 ms | mean batch (size:batches) "
             "| direct Engine.age | server vs direct |"
         ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        sizes = ", ".join(f"{b}x{n}" for b, n in r["batch_sizes"].items())
+        # batch_sizes counts requests by the size of the batch they were in: n requests in batches of b = n / b batches
+        sizes = ", ".join(f"{b}:{round(n / int(b))}" for b, n in r["batch_sizes"].items())
         direct = f"{r['direct_ms']:g} ms @ {r['direct_batch']} ({r['direct_img_s']:g} img/s)"
         overhead = f"; p50 - direct = {r['overhead_ms_c1']:+g} ms" if r["overhead_ms_c1"] is not None else ""
         lines.append(
@@ -169,6 +170,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['triton_mean_batch']:g} ({sizes}) | {direct} | {r['server_vs_direct']:g}x{overhead} |"
         )
     return "\n".join(lines)
+
+
+def print_table(path: Path) -> None:
+    """The table of a saved run (--table FILE)."""
+    print(table(json.loads(path.read_text())["rows"]))
 
 
 def main() -> int:
@@ -188,7 +194,11 @@ def main() -> int:
         "machine 1 avoids stalls in parallel regions)",
     )
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument("--table", type=Path, help="only print the table of a saved --json run")
     args = p.parse_args()
+    if args.table:
+        print_table(args.table)
+        return 0
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
