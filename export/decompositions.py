@@ -77,10 +77,10 @@ def decomposition_table() -> dict[torch._ops.OpOverload, Callable[..., Tensor]]:
 
 
 def decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """The program with every custom op replaced by its standard-op form (and the default ATen decompositions)."""
-    table = torch.export.default_decompositions()
-    table.update(decomposition_table())
-    return program.run_decompositions(table)
+    """The program with every custom op replaced by its standard-op form; other ops are left for the ONNX
+    exporter's own decomposition pass (a table with only these entries decomposes nothing else)."""
+    table = decomposition_table()
+    return program.run_decompositions(table) if table else program
 
 
 def custom_ops_in(program: torch.export.ExportedProgram) -> list[str]:
