@@ -89,16 +89,18 @@ def export_program(sample: GraphSample, dynamic_batch: bool) -> torch.export.Exp
 def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int, optimize: bool = True) -> Any:
     """The sample's graph as an ``onnx.ModelProto`` of standard operators only (``optimize``: the onnxscript
     optimiser's constant folding and cleanup; slow on large graphs, and ONNX Runtime optimises at load anyway)."""
-    program = decompose(export_program(sample, dynamic_batch))
-    left = custom_ops_in(program)
-    if left:
-        raise NumericalError(f"no standard-op form for the custom op(s) {', '.join(left)}: cannot export")
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the exporter's notes (e.g. "torchvision is not installed") are not the user's
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # torch's own deprecation notes from inside torch.export / torch.onnx, not about the caller's code
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = decompose(export_program(sample, dynamic_batch))
+            left = custom_ops_in(program)
+            if left:
+                raise NumericalError(f"no standard-op form for the custom op(s) {', '.join(left)}: cannot export")
             onnx_program = torch.onnx.export(
                 program,
                 sample.inputs,

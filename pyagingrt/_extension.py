@@ -11,6 +11,8 @@ import functools
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from .errors import NativeExtensionError
 
 BUILD_COMMAND = "pip install --no-build-isolation -e .   (from the repository root, with torch installed first)"
@@ -36,6 +38,7 @@ def _load() -> tuple[ModuleType | None, str | None]:
     return _C, None
 
 
+@torch.compiler.assume_constant_result  # a fixed fact of the process: torch.compile traces no import or file read
 def has_native() -> bool:
     """True when the compiled extension is importable and matches the installed torch."""
     return _load()[0] is not None
