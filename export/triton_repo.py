@@ -49,10 +49,13 @@ def config_pbtxt(
     initializers = {i.name for i in graph.initializer}
 
     def block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> str:
-        items = [
-            f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}'
-            for n, t, dims in tensors
-        ]
+        items = []
+        for n, t, dims in tensors:
+            # a [B] tensor: Triton wants non-empty dims, so clients send [B, 1] and the model sees [B]
+            shape = (
+                f"dims: [ {', '.join(str(d) for d in dims)} ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
+            )
+            items.append(f'  {{\n    name: "{n}"\n    data_type: {t}\n    {shape}\n  }}')
         return f"{kind} [\n" + ",\n".join(items) + "\n]"
 
     inputs = _tensors([v for v in graph.input if v.name not in initializers])

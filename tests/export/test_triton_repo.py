@@ -25,9 +25,12 @@ def tiny_acgan():
 
 
 def _config_tensors(text: str, kind: str) -> dict[str, tuple[str, list[int]]]:
-    block = re.search(rf"^{kind} \[\n(.*?)\n\]", text, re.S | re.M).group(1)
-    found = re.findall(r'name: "([^"]+)"\s+data_type: (\w+)\s+dims: \[ ([^\]]*) \]', block)
-    return {n: (t, [int(d) for d in dims.split(", ")]) for n, t, dims in found}
+    block = re.search(rf"^{kind} \[\n(.*?)\n\]", text, re.DOTALL | re.MULTILINE).group(1)
+    found = re.findall(
+        r'name: "([^"]+)"\s+data_type: (\w+)\s+dims: \[ ([^\]]*) \](\s+reshape: \{ shape: \[ \] \})?', block
+    )
+    # dims as the model sees them: [1] reshaped to [] is a [B] tensor
+    return {n: (t, [] if reshape else [int(d) for d in dims.split(", ")]) for n, t, dims, reshape in found}
 
 
 def test_the_repository_describes_the_onnx_file_and_serves_any_batch(tiny_acgan, tmp_path):
