@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument(
         "--exit-timeout", type=int, default=30, help="on SIGTERM, seconds to finish requests in flight (default: 30)"
     )
-    p.add_argument("--verbose", action="store_true", help="Triton's and PyTriton's logs (default: warnings only)")
+    p.add_argument(
+        "--verbose", action="store_true", help="PyTriton's info logs and Triton's verbose logs (default: off)"
+    )
     p.set_defaults(func=run)
 
 

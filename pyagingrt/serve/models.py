@@ -156,6 +156,7 @@ class PhotosModel:
         self.engine = engine
         self.limits = limits or PhotoLimits()
         self.pipeline = FacePipeline(engine, detector, face="all")
+        self.pipeline.detector.detect(np.zeros((96, 96, 3), np.uint8))  # load the detector now, not at request 1
 
     @property
     def inputs(self) -> list[TensorSpec]:
