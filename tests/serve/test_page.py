@@ -9,7 +9,6 @@ import io
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,12 +120,3 @@ def test_the_page_ages_the_astronaut_and_explains_a_photo_without_a_face(server,
     driver.execute_script("document.getElementById('error').textContent = ''")
     driver.find_element(By.ID, "snap").click()
     _wait(lambda: "no face found" in driver.find_element(By.ID, "error").text, what="the webcam's no-face message")
-
-
-def test_nothing_on_the_page_comes_from_the_network():
-    static = Path(__file__).resolve().parents[2] / "pyagingrt" / "serve" / "static"
-    for path in static.iterdir():
-        text = path.read_text()
-        assert "http://" not in text
-        assert "https://" not in text
-        assert "//cdn" not in text
