@@ -21,7 +21,7 @@ import torch
 from ..errors import AgingError, InputError
 from ..pipeline.faces import is_stochastic
 
-__all__ = ["Item", "age_items", "parse_options", "parse_seed", "parse_target_ages"]
+__all__ = ["Item", "age_items", "parse_options", "parse_seed", "parse_target_ages", "seed_dependent"]
 
 log = logging.getLogger("pyagingrt.serve")
 
@@ -99,10 +99,16 @@ def parse_options(engine: Any, value: np.ndarray | None, count: int) -> tuple[di
     return options, json.dumps(options, sort_keys=True)
 
 
+def seed_dependent(engine: Any, options: dict[str, Any]) -> bool:
+    """Whether a crop's result depends on its seed: a stochastic model, or CUSP's decoder noise="random" (whose
+    per-image noise seeds are otherwise drawn in batch order)."""
+    return is_stochastic(engine) or options.get("noise") == "random"
+
+
 def _age_group(engine: Any, items: Sequence[Item]) -> None:
     crops = torch.stack([it.crop for it in items])
     ages = [it.age for it in items]
-    if is_stochastic(engine):
+    if seed_dependent(engine, items[0].options):
         outs = [engine.age(crops[i : i + 1], ages[i], seed=it.seed, **it.options)[0] for i, it in enumerate(items)]
     else:
         outs = list(engine.age(crops, ages, seed=items[0].seed, **items[0].options))

@@ -113,3 +113,26 @@ def test_a_crash_of_the_whole_batch_is_answered_per_request(crops, monkeypatch):
     monkeypatch.setattr(models, "age_items", crash)
     responses = model([_request(crops[:1], [30]), _request(crops[1:2], [30])])
     assert [_error(r) for r in responses] == ["internal error: MemoryError: out of memory"] * 2
+
+
+def test_cusp_random_noise_follows_the_request_seed_not_the_batch_order():
+    import warnings
+
+    import pyagingrt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)
+        engine = pyagingrt.load("cusp", config="tiny", device="cpu")
+    s = engine.input_size
+    crops = np.random.default_rng(1).integers(0, 256, (2, s, s, 3), dtype=np.uint8)
+    noise = '{"noise": "random"}'
+    first, second = CropsModel(engine)(
+        [
+            _request(crops, [40, 40], seeds=[3, 4], options=noise),
+            _request(crops[::-1], [40, 40], seeds=[4, 3], options=noise),
+        ]
+    )
+    np.testing.assert_array_equal(first["crops"][0], second["crops"][1])
+    np.testing.assert_array_equal(first["crops"][1], second["crops"][0])
+    np.testing.assert_array_equal(first["crops"][0], engine.age(crops[0], 40, seed=3, noise="random"))
+    assert (first["crops"][0] != engine.age(crops[0], 40, seed=4, noise="random")).any()
