@@ -395,6 +395,7 @@ def train(
         num_workers=loop["num_workers"],
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(loop["seed"]),  # keeps the global RNG untouched (exact resume)
     )
     sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
     log = MetricsLog(run_dir, enabled=rank == 0)
