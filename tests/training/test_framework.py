@@ -21,9 +21,10 @@ FAST = ["loop.progress=false", "loop.batch_size=4", "loop.sample_every=0", "loop
 def test_overrides_parse_json_and_refuse_unknown_keys():
     _, stage, cfg = resolve_config("acgan", "tiny", None, ["train.lr_g=2e-4", "train.betas=[0.1, 0.9]"])
     assert stage == "main"
-    assert cfg["train"]["lr_g"] == 2e-4 and cfg["train"]["betas"] == [0.1, 0.9]
+    assert cfg["train"]["lr_g"] == 2e-4
+    assert cfg["train"]["betas"] == [0.1, 0.9]
     assert apply_overrides(cfg, ["data.labels=labels.csv"])["data"]["labels"] == "labels.csv"
-    with pytest.raises(ConfigError, match="unknown config key 'train.lr_gg'"):
+    with pytest.raises(ConfigError, match=r"unknown config key .train\.lr_gg."):
         apply_overrides(cfg, ["train.lr_gg=1"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         apply_overrides(cfg, ["train.lr_g"])
@@ -35,9 +36,12 @@ def test_overrides_parse_json_and_refuse_unknown_keys():
 
 def test_paper_preset_is_the_official_recipe():
     _, _, cfg = resolve_config("acgan", "paper")
-    assert cfg["model"]["image_size"] == 224 and cfg["model"]["g_conv_dim"] == 64
-    assert cfg["loop"]["batch_size"] == 32 and cfg["loop"]["epochs"] == 40
-    assert cfg["train"]["lr_g"] == cfg["train"]["lr_d"] == 1e-4 and cfg["train"]["betas"] == [0.5, 0.999]
+    assert cfg["model"]["image_size"] == 224
+    assert cfg["model"]["g_conv_dim"] == 64
+    assert cfg["loop"]["batch_size"] == 32
+    assert cfg["loop"]["epochs"] == 40
+    assert cfg["train"]["lr_g"] == cfg["train"]["lr_d"] == 1e-4
+    assert cfg["train"]["betas"] == [0.5, 0.999]
     assert cfg["train"]["weights"] == {"adv": 10.0, "cls": 100.0, "gp": 10.0, "mask": 2.0, "smooth": 1e-4}
 
 
@@ -57,7 +61,7 @@ def test_step_sampler_resumes_mid_epoch_and_splits_ranks():
     straight = list(StepBatchSampler(20, 4, 0, 1, seed=1, start=0, stop=12))
     resumed = list(StepBatchSampler(20, 4, 0, 1, seed=1, start=7, stop=12))
     assert resumed == straight[7:]
-    assert sorted(sum(straight[:5], [])) == list(range(20))  # one epoch = a permutation
+    assert sorted(i for batch in straight[:5] for i in batch) == list(range(20))  # one epoch = a permutation
     assert straight[:5] != straight[5:10]  # the next epoch reshuffles
     r0 = list(StepBatchSampler(20, 4, 0, 2, seed=1, start=0, stop=5))
     r1 = list(StepBatchSampler(20, 4, 1, 2, seed=1, start=0, stop=5))
@@ -69,7 +73,8 @@ def test_resume_is_bit_identical(tmp_path):
     sets = [*FAST, "loop.steps=6", "loop.checkpoint_every=0"]
     straight = train("acgan", "synthetic:24", out=tmp_path / "a", overrides=sets, device="cpu")
     first = train("acgan", "synthetic:24", out=tmp_path / "b", overrides=sets, device="cpu", stop_after=3)
-    assert first.step == 3 and json.loads((tmp_path / "b" / "latest.json").read_text())["step"] == 3
+    assert first.step == 3
+    assert json.loads((tmp_path / "b" / "latest.json").read_text())["step"] == 3
     resumed = train("acgan", None, out=tmp_path / "b", resume=True, device="cpu")
     assert resumed.step == 6
     a, b = load_file(straight.weights), load_file(resumed.weights)
@@ -104,7 +109,8 @@ def test_cli_runs_and_refuses_mistakes(tmp_path, capsys):
     assert main([*args, *sets]) == 0
     assert {p.name for p in out.iterdir()} >= {"config.json", "final.safetensors", "latest.json", "metrics.csv"}
     saved = json.loads((out / "config.json").read_text())
-    assert saved["model"] == "acgan" and saved["config"]["loop"]["steps"] == 2
+    assert saved["model"] == "acgan"
+    assert saved["config"]["loop"]["steps"] == 2
     assert (out / "samples" / "final.png").is_file()
     from PIL import Image
 
@@ -118,7 +124,8 @@ def test_cli_runs_and_refuses_mistakes(tmp_path, capsys):
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert main(["train", "acgan", "--data", "/no/such/dir", "--out", str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("agingrt: error:") and err.count("\n") == 1
+    assert err.startswith("agingrt: error:")
+    assert err.count("\n") == 1
     assert not math.isnan(read_metrics(out)["loss/d_cond"][-1][1])
 
 
