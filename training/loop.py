@@ -384,10 +384,10 @@ def train(
                 "world_size": world,
             },
         )
-        summary = getattr(dataset, "summary", None)
-        if callable(summary) and loop["progress"]:
-            print(summary())
-    stop = min(total, stop_after) if stop_after is not None else total
+        summary = _group_summary(recipe, dataset)
+        if summary:
+            print(summary, flush=True)
+    stop = max(min(total, stop_after), start) if stop_after is not None else total
     sampler = StepBatchSampler(len(dataset), loop["batch_size"], rank, world, loop["seed"], start, stop)
     loader = DataLoader(
         dataset,
@@ -446,6 +446,18 @@ def train(
         record = ckpt.read_latest(run_dir) if rank == 0 else None
         weights = record["weights"] if record else run_dir / "final.safetensors"
     return TrainResult(run_dir=run_dir, step=step, weights=Path(weights), config=cfg, recipe=recipe)
+
+
+def _group_summary(recipe: Recipe, dataset: Dataset) -> str | None:
+    """The data sets' per-group table (images, share, mean age) over the recipe's age groups, if available."""
+    ages = getattr(dataset, "ages", None)
+    if ages is None:
+        return None
+    try:
+        from .data.dataset import describe_groups
+    except ImportError:
+        return None
+    return describe_groups(ages, recipe.group_edges())
 
 
 def _write_samples(path: Path, recipe: Recipe, images: Tensor) -> None:

@@ -179,6 +179,15 @@ class Recipe(ABC):
         """Ages kept by the data set (rows outside are reported and skipped)."""
         return float(config["data"].get("min_age", 0)), float(config["data"].get("max_age", 100))
 
+    def group_edges(self) -> list[float]:
+        """Lower edges (years) of age groups 1 .. n-1 for the data summary printed before training; by default
+        the inference side's age groups of this model and config."""
+        from pyagingrt.models.registry import get_adapter
+
+        adapter = get_adapter(self.name)
+        groups = adapter.age_groups(adapter.config_from_dict(self.config["model"]))
+        return [float(g.low) for g in groups[1:]]
+
     # --- state ------------------------------------------------------------------------------------------
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

@@ -31,3 +31,33 @@ def dex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dex") / "dex_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in dex.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_dex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DEX trained (seconds) to read the synthetic faces' age from their forehead band, ages 20-69 at
+    the CUSP tiny crop: a frozen judge that carries an age signal, as the real DEX does for photos."""
+    from safetensors.torch import save_file
+
+    from pyagingrt.training.data.synthetic import SyntheticFaces
+    from pyagingrt.training.layers.dex import DEX, DEXConfig
+    from pyagingrt.training.losses.cusp import mean_variance_loss
+
+    gen_state = torch.get_rng_state()
+    torch.manual_seed(0)
+    faces = SyntheticFaces(512, image_size=56, min_age=20, max_age=69, seed=7)
+    images = torch.stack([faces[i]["image"] for i in range(len(faces))]) * 2 - 1
+    ages = faces.ages.long()
+    dex = DEX(DEXConfig.tiny())
+    opt = torch.optim.Adam(dex.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        idx = torch.randint(0, len(faces), (32,), generator=order)
+        loss = mean_variance_loss(dex(images[idx]), ages[idx], double_softmax=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_rng_state(gen_state)
+    path = tmp_path_factory.mktemp("dex") / "dex_synthetic.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in dex.state_dict().items()}, str(path))
+    return path

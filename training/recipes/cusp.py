@@ -169,6 +169,11 @@ class CUSPRecipe(Recipe):
         self.G_ema.eval()
 
     # --- ages -------------------------------------------------------------------------------------------
+    def group_edges(self) -> list[float]:
+        if self.clusters:
+            return super().group_edges()
+        return [float(a) for a in range(10, 100, 10)]  # decades: one row per class would be 101 rows
+
     @property
     def clusters(self) -> bool:
         return self.model_config.attr_dim == len(LS_CLUSTERS)
