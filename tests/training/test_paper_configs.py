@@ -11,6 +11,15 @@ import pyagingrt
 from pyagingrt.training.loop import train
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _only_when_asked(request):
+    """Minutes and gigabytes on a CPU: run only with ``-m slow``."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("a paper-size training step; run with -m slow")
+
+
 ONE_STEP = ["loop.steps=1", "loop.batch_size=2", "loop.progress=false", "loop.sample_every=0", "loop.num_workers=0"]
 
 
