@@ -359,11 +359,18 @@ def train(
     if steps_per_epoch < 1:
         raise TrainingError(f"the data set has {len(dataset)} items, fewer than one batch of {loop['batch_size']}")
     total = int(loop["steps"]) if loop["steps"] is not None else int(loop["epochs"]) * steps_per_epoch
+    amp = autocast_dtype(loop["precision"], dev)
+    if amp == torch.float16 and not recipe_cls.fp16_ok:
+        if loop["precision"] == "fp16":
+            raise ConfigError(f"{recipe_cls.name} does not train in fp16; use loop.precision=bf16 or fp32")
+        amp = None  # auto on a GPU without bf16
+        if rank == 0:
+            print(f"{recipe_cls.name}: this GPU has no bf16 and fp16 does not train this model; training in fp32")
     ctx = TrainContext(
         device=dev,
         rank=rank,
         world_size=world,
-        autocast_dtype=autocast_dtype(loop["precision"], dev),
+        autocast_dtype=amp,
         channels_last=bool(loop["channels_last"]) and dev.type == "cuda",
         steps_per_epoch=steps_per_epoch,
         total_steps=total,

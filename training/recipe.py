@@ -155,6 +155,9 @@ class Recipe(ABC):
     stages: ClassVar[tuple[str, ...]] = ("main",)
     #: presets of ``--config``.
     presets: ClassVar[tuple[str, ...]] = ("paper", "tiny")
+    #: whether fp16 autocast trains this model (False: ``loop.precision=fp16`` is refused, ``auto`` uses fp32
+    #: on a GPU without bf16).
+    fp16_ok: ClassVar[bool] = True
 
     def __init__(self, config: dict[str, Any], ctx: TrainContext, stage: str) -> None:
         self.config = config

@@ -132,3 +132,33 @@ def test_cli_runs_and_refuses_mistakes(tmp_path, capsys):
 def test_resume_without_checkpoint_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="holds no checkpoint"):
         train("acgan", None, out=tmp_path, resume=True, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("model", "dtype"), [("acgan", torch.bfloat16), ("acgan", torch.float16), ("cusp", torch.bfloat16)]
+)
+def test_mixed_precision_steps(model, dtype, dex_file):
+    """The autocast path GPUs take (run here through CPU autocast): finite losses, the fp16 loss scalers made,
+    weights kept in fp32."""
+    from torch.utils.data import default_collate
+
+    from pyagingrt.training.recipe import TrainContext
+
+    cls, stage, cfg = resolve_config(model, "tiny", None, [f"files.dex={dex_file}"] if model == "cusp" else [])
+    ctx = TrainContext(device=torch.device("cpu"), autocast_dtype=dtype, steps_per_epoch=4, total_steps=4)
+    recipe = cls(cfg, ctx, stage)
+    faces = SyntheticFaces(4, image_size=cls.image_size(cfg), min_age=20, max_age=60)
+    batch = default_collate([faces[i] for i in range(4)])
+    for step in range(2):
+        losses = recipe.train_step(batch, step)
+        assert all(math.isfinite(float(v)) for v in losses.values()), (step, losses)
+    assert sorted(ctx.scalers) == (["D", "G"] if dtype == torch.float16 else [])
+    assert all(p.dtype == torch.float32 for p in recipe.parameters())
+
+
+def test_half_precision_needs_a_gpu():
+    from pyagingrt.training.loop import autocast_dtype
+
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        autocast_dtype("fp16", torch.device("cpu"))
+    assert autocast_dtype("auto", torch.device("cpu")) is None

@@ -73,6 +73,7 @@ def _dex_refusal(path: Any) -> str:
 class CUSPRecipe(Recipe):
     name = "cusp"
     presets = ("paper", "paper256", "tiny")
+    fp16_ok = False  # fp16 autocast over every layer gives NaN in the first forward; bf16 and fp32 train
 
     @classmethod
     def default_config(cls, preset: str, stage: str) -> dict[str, Any]:
