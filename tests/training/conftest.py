@@ -43,8 +43,9 @@ def trained_dex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pyagingrt.training.layers.dex import DEX, DEXConfig
     from pyagingrt.training.losses.cusp import mean_variance_loss
 
-    gen_state = torch.get_rng_state()
+    gen_state, threads = torch.get_rng_state(), torch.get_num_threads()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # a session fixture runs before the per-test one-thread fixture
     faces = SyntheticFaces(512, image_size=56, min_age=20, max_age=69, seed=7)
     images = torch.stack([faces[i]["image"] for i in range(len(faces))]) * 2 - 1
     ages = faces.ages.long()
@@ -58,6 +59,7 @@ def trained_dex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         loss.backward()
         opt.step()
     torch.set_rng_state(gen_state)
+    torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("dex") / "dex_synthetic.safetensors"
     save_file({k: v.detach().contiguous() for k, v in dex.state_dict().items()}, str(path))
     return path
