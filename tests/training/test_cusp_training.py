@@ -69,14 +69,12 @@ def test_checkpoint_ages_through_pyagingrt_load(run, held_out, backend):
     images = torch.stack([held_out[i]["image"] for i in range(4)])
     out = engine.age(images, target_age=69)  # the default blurs (sigma_m 9: the DEX structure mask is used)
     assert float((band_darkness(out) - band_darkness(images)).mean()) > 0  # aged: the band darkens
-    if backend == "torch":
-        torch.testing.assert_close(out, run.recipe.sample(images, [69])[:, 0], atol=1e-5, rtol=0)
-    # Without the mask path the native engine matches the oracle to fp32 rounding. With it (sigma_m > 0) and
-    # this trained DEX the two differ by up to ~6e-3 (2e-3 at sigma_m 2), which random-weight parity tests
-    # do not show; reported for the backends to look into, so it is not asserted here.
-    oracle = pyagingrt.load(run.weights, device="cpu").age(images, target_age=69, sigma_m=0.0, sigma_g=2.0)
-    plain = engine.age(images, target_age=69, sigma_m=0.0, sigma_g=2.0)
-    torch.testing.assert_close(plain, oracle, atol=1e-5, rtol=0)
+    # Parity with the oracle on faces with a little pixel noise: the synthetic faces are piecewise constant, so
+    # the DEX's max-pools see exact ties, and the native guided backward may route a tie's gradient to
+    # another (equal) input than autograd does (up to ~6e-3 in the output, only on such flat images).
+    noisy = (images + 0.02 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    reference = run.recipe.sample(noisy, [69])[:, 0]
+    torch.testing.assert_close(engine.age(noisy, target_age=69), reference, atol=1e-5, rtol=0)
 
 
 def test_dex_is_required_and_checked(tmp_path, dex_file):
