@@ -162,3 +162,28 @@ def test_half_precision_needs_a_gpu():
     with pytest.raises(ConfigError, match="needs a GPU"):
         autocast_dtype("fp16", torch.device("cpu"))
     assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+def test_a_crash_while_saving_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """Killed between the weights and the state file of step 2: latest.json still names step 1, complete,
+    and --resume finishes the run from it."""
+    from pyagingrt.training import checkpointing
+
+    real_save_state, calls = checkpointing.save_state, []
+
+    def dying_save_state(path, state):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed mid-write
+        real_save_state(path, state)
+
+    monkeypatch.setattr(checkpointing, "save_state", dying_save_state)
+    sets = [*FAST, "loop.steps=4", "loop.checkpoint_every=1"]
+    with pytest.raises(KeyboardInterrupt):
+        train("acgan", "synthetic:16", out=tmp_path / "run", overrides=sets, device="cpu")
+    latest = json.loads((tmp_path / "run" / "latest.json").read_text())
+    assert latest["step"] == 1
+    monkeypatch.setattr(checkpointing, "save_state", real_save_state)
+    resumed = train("acgan", None, out=tmp_path / "run", resume=True, device="cpu")
+    assert resumed.step == 4
+    assert json.loads((tmp_path / "run" / "latest.json").read_text())["step"] == 4
