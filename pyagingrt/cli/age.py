@@ -180,14 +180,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photo files or folders of photos")
-    ages = p.add_mutually_exclusive_group(required=True)
-    ages.add_argument("--age", type=float, help="target age in years")
+    ages = p.add_mutually_exclusive_group()
+    ages.add_argument("--age", type=float, help="target age in years (PADA: optional with --text or --reference)")
     ages.add_argument("--ages", type=parse_ages, help="several target ages, e.g. 10,30,50,70: one output per age")
     out = p.add_mutually_exclusive_group()
     out.add_argument(
         "-o", "--output", type=Path, help="output file for a single photo (several ages or samples add a suffix)"
     )
-    out.add_argument("--out-dir", type=Path, help="folder for the outputs (default: beside each photo)")
+    out.add_argument(
+        "--out-dir", type=Path, help="folder for the outputs, created if missing (default: beside each photo)"
+    )
     p.add_argument(
         "--sheet",
         type=Path,
@@ -220,11 +222,17 @@ def _outputs(args: argparse.Namespace, photos: list[Path], ages: list[float], sa
         paths = []
         for age in ages:
             for k in range(samples):
-                tag = "" if args.output is not None and len(ages) == 1 else f"_age{age:g}"
+                tag = "" if args.output is not None and len(ages) == 1 else _age_tag(age, args)
                 tag += f"_s{k}" if samples > 1 else ""
                 paths.append(base.with_name(f"{base.stem}{tag}{base.suffix}"))
         plan.append(paths)
     return plan
+
+
+def _age_tag(age: float | None, args: argparse.Namespace) -> str:
+    if age is None:  # the target is PADA's --text or --reference
+        return "_text" if args.text is not None else "_reference"
+    return f"_age{age:g}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.media import ALPHA_FORMATS, check_writable, image_format, list_images, read_image, write_image
     from ..pipeline.sheet import progression_sheet
 
-    ages = [args.age] if args.age is not None else args.ages
+    ages: list[float | None] = [args.age] if args.age is not None else args.ages
+    if ages is None:
+        if args.text is None and args.reference is None:
+            raise InputError("give a target: --age or --ages (or, for pada, --text or --reference)")
+        ages = [None]  # the text or reference face is the target
     photos = [p for given in args.photos for p in list_images(given)]
     samples = args.samples or 1
     if samples < 1:
@@ -245,12 +257,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("a folder of photos needs --out-dir (outputs beside the photos would mix with them)")
     if args.sheet is not None and (len(photos) != 1 or args.ages is None):
         raise InputError("--sheet needs exactly one photo and --ages, e.g. --ages 10,30,50,70")
+    if args.out_dir is not None:
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            raise InputError(f"--out-dir {args.out_dir} is a file, not a folder")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
     plan = _outputs(args, photos, ages, samples)
     for path in [p for paths in plan for p in paths] + ([args.sheet] if args.sheet else []):
         image_format(path)  # an unknown suffix fails now, not after the model ran
         check_writable(path)
 
     engine = load_engine(args)
+    if ages == [None]:  # the model still takes an age; --text / --reference replace what it means (PADA)
+        ages = [engine.age_groups[-1].representative_age()]
     check_ages(engine, ages)
     pipeline = FacePipeline(engine, face=args.face)
     options = model_options(args, pipeline)
