@@ -342,6 +342,8 @@ def _video_stream(out: Any, out_format: str, vin: Any, first: _Frame, rate: Any,
     time_base = Fraction(1) / Fraction(rate) if out_format == "avi" else vin.time_base
     vout.codec_context.time_base = time_base
     vout.time_base = time_base
+    if out_format == "avi":  # nor can it order B-frames: players would see the timestamps go backwards
+        vout.codec_context.max_b_frames = 0
     if codec in ("libx264", "libx265"):
         vout.options = {"crf": str(settings.crf)}
     elif codec.startswith("libvpx"):
