@@ -269,3 +269,55 @@ def test_a_read_only_array_from_pil_is_aged_without_warnings(files):
         aged = pipe.age(photo, 70)
     assert aged.shape == photo.shape
     assert np.abs(aged.astype(int) - photo.astype(int)).max() > 30
+
+
+# --- agingrt info, corrupt checkpoints -----------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["ageflow", "acgan", "cusp", "pada"])
+def test_flops_counted_on_meta_equal_a_real_count(model):
+    """info counts on the meta device (no weights); the count must be the one a real forward gives."""
+    import pyagingrt
+    from pyagingrt.models.registry import get_adapter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)
+        engine = pyagingrt.load(model, config="tiny", device="cpu")
+        adapter = get_adapter(model)
+        real = adapter.flops_per_image(adapter.build(engine.config).eval().requires_grad_(False), engine.config)
+    assert engine.flops_per_image() == real > 0
+
+
+@pytest.mark.slow  # the paper AgeFlow's 3,900 module calls through the FLOP counter: ~5 s on a quiet core
+def test_info_builds_no_weights(capsys, monkeypatch):
+    """`agingrt info ageflow` is the paper model (445 M parameters): counted without allocating them."""
+    allocated = []
+    real_empty = torch.empty
+
+    def spy(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        if tensor.device.type != "meta" and tensor.numel() > 10_000_000:
+            allocated.append(tuple(tensor.shape))
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", spy)
+    assert main(["info", "ageflow"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters  445,384,725" in out
+    assert "GFLOP/image" in out
+    assert allocated == []
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
+def test_a_corrupt_checkpoint_is_one_short_line(tmp_path, capsys, kind):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(64)}, good)
+    bad = tmp_path / "00040_netG.pth"
+    data = good.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x80\x02" + b"garbage" * 20, "empty": b""}[kind])
+    photo = tmp_path / "me.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    assert main(["age", str(photo), "--model", "acgan", "--checkpoint", str(bad), "--age", "60"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"agingrt: error: cannot read checkpoint {bad}: ")
+    assert "\n" not in err
+    assert "weights_only" not in err  # not torch's advice to load it unsafely
+    assert len(err) < 200, err
