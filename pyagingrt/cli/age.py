@@ -201,7 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse photos larger than this; below it photos are aged at full size "
-        f"(default: {DEFAULT_MAX_PIXELS}, a 14000x14000 photo; about 9 bytes of memory per pixel)",
+        f"(default: {DEFAULT_MAX_PIXELS}, a 14000x14000 photo; about 20 bytes of memory per pixel)",
     )
     add_model_arguments(p)
     p.set_defaults(func=run)
