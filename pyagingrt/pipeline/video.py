@@ -241,9 +241,8 @@ def age_video(
 
     out_format = _muxer(dst)
 
-    def encode(out: Any) -> None:
+    def encode(out: Any, audio_out: dict[int, Any]) -> None:
         try:
-            audio_out = {a.index: out.add_stream_from_template(a) for a in ains}
             vout, clock = None, None
             held: collections.deque[_Frame] = collections.deque()  # frames waiting for their timestamp
             waiting: list[Any] = []  # audio before the first frame: the header needs every stream first
@@ -291,7 +290,16 @@ def age_video(
         with atomic_output(dst) as tmp:
             out = av.open(str(tmp), "w", format=out_format)  # here, not in the thread: see signals in the CLI
             workers = [_Worker(n, b, errors, stop) for n, b in (("decode", decode), ("detect", detect))]
-            encoder = _Worker("encode", functools.partial(encode, out), errors, stop)
+            try:  # audio is copied as it is: the container must hold its codec
+                audio_out = {a.index: out.add_stream_from_template(a) for a in ains}
+            except ValueError as exc:
+                out.close()
+                codecs = ", ".join(sorted({a.codec_context.name for a in ains}))
+                raise OutputError(
+                    f"cannot write {dst}: a {dst.suffix} file cannot hold the input's {codecs} audio, which is copied "
+                    "without re-encoding; write .mkv (holds any codec) or .mp4"
+                ) from exc
+            encoder = _Worker("encode", functools.partial(encode, out, audio_out), errors, stop)
             for w in [*workers, encoder]:
                 w.start()
             try:

@@ -168,6 +168,19 @@ def test_a_photo_given_to_video_is_refused_clearly(files, tmp_path, capsys, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.mp4"]
 
 
+def test_audio_a_container_cannot_hold_is_one_line(files, tmp_path, capsys, monkeypatch):
+    register_test_models(monkeypatch)
+    out = tmp_path / "out.webm"  # WebM holds Opus/Vorbis; the clip's audio is AAC, copied as it is
+    args = ["video", str(files["clip.mp4"]), "-o", str(out), "--checkpoint", str(files["identity.safetensors"])]
+    assert main([*args, "--age", "70", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"agingrt: error: cannot write {out}: a .webm file cannot hold the input's aac audio, which is copied "
+        "without re-encoding; write .mkv (holds any codec) or .mp4"
+    )
+    assert sorted(os.listdir(tmp_path)) == []
+
+
 def test_random_weights_runs_and_says_loudly_that_the_output_is_meaningless(files, tmp_path, capsys):
     out = tmp_path / "aged.png"
     args = ["age", str(files["photo.jpg"]), "--random-weights", "--age", "60", "-o", str(out)]
