@@ -286,9 +286,11 @@ class Engine:
         return sum(p.numel() for p in self.module.parameters())
 
     def flops_per_image(self) -> float:
-        """FLOPs (2 per multiply-add) of one image, counted once on CPU in fp32 (cached)."""
+        """FLOPs (2 per multiply-add) of one image, counted once in fp32 on the meta device (shapes only: no
+        weights, no memory, no arithmetic) and cached."""
         if self._flops is None:
-            probe = self.adapter.build(self.config).eval().requires_grad_(False)
+            with torch.device("meta"):
+                probe = self.adapter.build(self.config).eval().requires_grad_(False)
             self._flops = self.adapter.flops_per_image(probe, self.config)
         return self._flops
 

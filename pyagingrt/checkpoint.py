@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,4 +199,27 @@ def torch_load_weights_only(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
-        raise CheckpointError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {torch_load_reason(exc)}") from exc
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """One short line for why ``torch.load(weights_only=True)`` failed. Torch's own message runs to several
+    sentences of advice (pass ``weights_only=False``, which would run the file's code; file an issue) that do
+    not apply to a user who was given a damaged file."""
+    text = " ".join(str(exc).split())
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
+    if blocked:  # a pickle of objects that are not tensors
+        return (
+            f"it holds an object of type {blocked.group(1)} (GLOBAL {blocked.group(1)}), which weights-only "
+            "loading refuses because unpickling it could run code"
+        )
+    unpickler = re.search(r"WeightsUnpickler error: (.*?)(?:\. | Check the documentation|$)", text)
+    if unpickler:  # garbage bytes
+        return f"not a PyTorch weights file, or corrupt ({unpickler.group(1).rstrip('. ')})"
+    if "PytorchStreamReader" in text or "zip archive" in text:
+        detail = re.search(r"zip archive: (.*?)\.", text)
+        return f"truncated or corrupt ({detail.group(1) if detail else 'damaged zip archive'})"
+    first = re.split(r"(?<=[.!?]) ", text, maxsplit=1)[0] or type(exc).__name__
+    return (
+        f"truncated or corrupt ({first.rstrip('.')})" if isinstance(exc, EOFError | pickle.UnpicklingError) else first
+    )

@@ -52,6 +52,8 @@ def _from_numpy(images: np.ndarray | Sequence[np.ndarray]) -> tuple[Tensor, bool
         if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[2] != 3:
             shape = getattr(a, "shape", type(a).__name__)
             raise InputError(f"image {i} must be an RGB array [H, W, 3], got {shape}")
+        if not a.flags.writeable:  # e.g. np.asarray(PIL image): from_numpy would warn; we only read it
+            a = np.array(a)
         if a.dtype == np.uint8:
             t = torch.from_numpy(np.ascontiguousarray(a)).float() / 255.0
         elif np.issubdtype(a.dtype, np.floating):

@@ -29,12 +29,22 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that pick and configure the model, and the model options of Engine.age."""
     g = p.add_argument_group("model")
     g.add_argument("--model", help="ageflow, acgan, cusp or pada (default: read from a pyagingrt checkpoint)")
-    g.add_argument(
+    weights = g.add_mutually_exclusive_group(required=True)
+    weights.add_argument(
         "--checkpoint",
-        required=True,
-        help="weights: a pyagingrt .safetensors checkpoint or an official checkpoint of the model (required)",
+        help="weights: a pyagingrt .safetensors checkpoint or an official checkpoint of the model "
+        "(this or --random-weights is required)",
     )
-    g.add_argument("--config", help="model config, e.g. paper or tiny (default: the checkpoint's, else paper)")
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="no weights at all: try the command with random ones (needs --model; --config defaults to tiny). "
+        "The output is MEANINGLESS noise, only good for checking that everything runs",
+    )
+    g.add_argument(
+        "--config",
+        help="model config, e.g. paper or tiny (default: the checkpoint's; tiny with --random-weights)",
+    )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument(
         "--precision",
@@ -68,24 +78,45 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--samples", type=int, help="PADA: number of different results per face (default: 1)")
 
 
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS (--random-weights): the output is MEANINGLESS noise, not an aged face; "
+    "it only shows that the command runs. Pass --checkpoint for real results."
+)
+
+
 def load_engine(args: argparse.Namespace) -> Any:
-    """``pyagingrt.load`` from the model flags."""
+    """``pyagingrt.load`` from the model flags; warnings (random CLIP, missing DEX) are printed on one line."""
     import pyagingrt
 
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise InputError(f"checkpoint {checkpoint} does not exist or is not a file")
     extra = {k: getattr(args, k) for k in ("dex", "clip", "latent") if getattr(args, k, None) is not None}
     common = {"device": args.device, "precision": args.precision, "config": args.config, "backend": args.backend}
+    if args.random_weights:
+        if args.model is None:
+            raise InputError("--random-weights needs --model (ageflow, acgan, cusp or pada)")
+        common["config"] = args.config or "tiny"
+        warn(RANDOM_WEIGHTS_WARNING)
+    else:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise InputError(f"checkpoint {checkpoint} does not exist or is not a file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pyagingrt.RandomWeightsWarning)
-        if args.model is None:
+        if args.random_weights:
+            engine = pyagingrt.load(args.model, None, **common, **extra)
+        elif args.model is None:
             engine = pyagingrt.load(checkpoint, **common, **extra)
         else:
             engine = pyagingrt.load(args.model, checkpoint, **common, **extra)
     for w in caught:  # e.g. PADA without --clip: say so, on one line, but go on
-        print(f"agingrt: warning: {w.message}", file=sys.stderr)
+        if not (args.random_weights and "no checkpoint given" in str(w.message)):  # said above, louder
+            warn(str(w.message))
     return engine
+
+
+def warn(message: str) -> None:
+    from .messages import cli_words
+
+    print(f"agingrt: warning: {cli_words(message)}", file=sys.stderr)
 
 
 def check_ages(engine: Any, ages: list[float]) -> None:
@@ -107,7 +138,7 @@ def model_options(args: argparse.Namespace, pipeline: Any) -> dict[str, Any]:
         if value is not None:
             options[name] = value
     if args.reference is not None:
-        image, _ = read_image(args.reference, args.max_pixels)
+        image, _ = read_image(args.reference, args.max_pixels)  # alpha is not needed
         options["reference"] = pipeline.reference_crop(image)  # aligned like the input faces [1, 3, S, S]
     return options
 
@@ -128,40 +159,61 @@ def note(message: str) -> None:
 
 
 # --- agingrt age -----------------------------------------------------------------------------------------
+EXAMPLES = """examples:
+  agingrt age me.jpg --model acgan --checkpoint 00040_netG.pth --age 60
+  agingrt age me.jpg --model cusp --checkpoint network-snapshot.pkl --ages 20,40,60 --sheet sheet.jpg
+  agingrt age photos/ --out-dir aged/ --checkpoint cusp.safetensors --age 65
+  agingrt age me.jpg --model acgan --random-weights --age 60   # no weights: meaningless output, to try it
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..pipeline.media import DEFAULT_MAX_PIXELS
+
     p = sub.add_parser(
         "age",
         help="age the faces in photos (or draw an age-progression sheet)",
         description="Detect every face, align it to the model's crop, age it and blend it back; the rest of the "
-        "photo is untouched. Outputs are written beside each photo as NAME_age70.jpg unless -o or --out-dir "
-        "says otherwise. Example: agingrt age me.jpg --checkpoint acgan.safetensors --age 60",
+        "photo is untouched, and the output keeps the photo's size and transparency. Outputs are written beside "
+        "each photo as NAME_age70.jpg unless -o or --out-dir says otherwise.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photo files or folders of photos")
-    ages = p.add_mutually_exclusive_group(required=True)
-    ages.add_argument("--age", type=float, help="target age in years")
+    ages = p.add_mutually_exclusive_group()
+    ages.add_argument("--age", type=float, help="target age in years (PADA: optional with --text or --reference)")
     ages.add_argument("--ages", type=parse_ages, help="several target ages, e.g. 10,30,50,70: one output per age")
     out = p.add_mutually_exclusive_group()
     out.add_argument(
         "-o", "--output", type=Path, help="output file for a single photo (several ages or samples add a suffix)"
     )
-    out.add_argument("--out-dir", type=Path, help="folder for the outputs (default: beside each photo)")
+    out.add_argument(
+        "--out-dir", type=Path, help="folder for the outputs, created if missing (default: beside each photo)"
+    )
     p.add_argument(
-        "--sheet", type=Path, help="with --ages and one photo: write an age-progression sheet here (input + each age)"
+        "--sheet",
+        type=Path,
+        help="with --ages and one photo: write an age-progression sheet here (input + each age); then only the "
+        "sheet is written, unless -o or --out-dir asks for the aged photos too",
     )
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=40_000_000,
-        help="photos larger than this are downscaled first, with a note (default: 40000000, 8K fits)",
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse photos larger than this; below it photos are aged at full size "
+        f"(default: {DEFAULT_MAX_PIXELS}, a 14000x14000 photo; about 20 bytes of memory per pixel)",
     )
     add_model_arguments(p)
     p.set_defaults(func=run)
 
 
 def _outputs(args: argparse.Namespace, photos: list[Path], ages: list[float], samples: int) -> list[list[Path]]:
-    """Output paths: per photo, one per (age, sample)."""
+    """Output paths: per photo, one per (age, sample); none with --sheet alone (only the sheet was asked for)."""
     plan = []
     for photo in photos:
+        if args.sheet is not None and args.output is None and args.out_dir is None:
+            plan.append([])
+            continue
         if args.output is not None:
             base = args.output
         else:
@@ -170,43 +222,60 @@ def _outputs(args: argparse.Namespace, photos: list[Path], ages: list[float], sa
         paths = []
         for age in ages:
             for k in range(samples):
-                tag = "" if args.output is not None and len(ages) == 1 else f"_age{age:g}"
+                tag = "" if args.output is not None and len(ages) == 1 else _age_tag(age, args)
                 tag += f"_s{k}" if samples > 1 else ""
                 paths.append(base.with_name(f"{base.stem}{tag}{base.suffix}"))
         plan.append(paths)
     return plan
 
 
+def _age_tag(age: float | None, args: argparse.Namespace) -> str:
+    if age is None:  # the target is PADA's --text or --reference
+        return "_text" if args.text is not None else "_reference"
+    return f"_age{age:g}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.faces import FacePipeline
-    from ..pipeline.media import check_writable, list_images, read_image, write_image
+    from ..pipeline.media import ALPHA_FORMATS, check_writable, image_format, list_images, read_image, write_image
     from ..pipeline.sheet import progression_sheet
 
-    ages = [args.age] if args.age is not None else args.ages
+    ages: list[float | None] = [args.age] if args.age is not None else args.ages
+    if ages is None:
+        if args.text is None and args.reference is None:
+            raise InputError("give a target: --age or --ages (or, for pada, --text or --reference)")
+        ages = [None]  # the text or reference face is the target
     photos = [p for given in args.photos for p in list_images(given)]
     samples = args.samples or 1
     if samples < 1:
         raise InputError(f"--samples must be 1 or more, got {samples}")
+    if args.max_pixels < 1:
+        raise InputError(f"--max-pixels must be 1 or more, got {args.max_pixels}")
     if args.output is not None and len(photos) > 1:
         raise InputError(f"-o names one output but {len(photos)} photos were given; use --out-dir")
     if any(given.is_dir() for given in args.photos) and args.output is None and args.out_dir is None:
         raise InputError("a folder of photos needs --out-dir (outputs beside the photos would mix with them)")
     if args.sheet is not None and (len(photos) != 1 or args.ages is None):
         raise InputError("--sheet needs exactly one photo and --ages, e.g. --ages 10,30,50,70")
+    if args.out_dir is not None:
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            raise InputError(f"--out-dir {args.out_dir} is a file, not a folder")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
     plan = _outputs(args, photos, ages, samples)
     for path in [p for paths in plan for p in paths] + ([args.sheet] if args.sheet else []):
+        image_format(path)  # an unknown suffix fails now, not after the model ran
         check_writable(path)
 
     engine = load_engine(args)
+    if ages == [None]:  # the model still takes an age; --text / --reference replace what it means (PADA)
+        ages = [engine.age_groups[-1].representative_age()]
     check_ages(engine, ages)
     pipeline = FacePipeline(engine, face=args.face)
     options = model_options(args, pipeline)
     failures = 0
     for photo, outputs in zip(photos, plan, strict=True):
         try:
-            image, downscaled = read_image(photo, args.max_pixels)
-            if downscaled:
-                note(downscaled)
+            image, alpha = read_image(photo, args.max_pixels)
             faces = pipeline.find_faces(image)
         except (MediaError, NoFaceError) as exc:
             if len(photos) == 1:
@@ -218,13 +287,20 @@ def run(args: argparse.Namespace) -> int:
         for age in ages:
             aged = pipeline.age(image, age, seed=args.seed, faces=faces, **options)
             results.extend(aged if aged.ndim == 4 else [aged])  # K samples, or one image
-        for path, result in zip(outputs, results, strict=True):
-            write_image(path, result)
-        print(f"{photo}: {len(faces)} face(s) -> {', '.join(str(p) for p in outputs)}")
+        if outputs:  # none with --sheet alone
+            for path, result in zip(outputs, results, strict=True):
+                write_image(path, result, alpha)
+        dropped = [p for p in outputs if alpha is not None and image_format(p) not in ALPHA_FORMATS]
+        if dropped:
+            note(f"{photo.name} has transparency, which {dropped[0].suffix} cannot keep; write .png to keep it")
+        if outputs:
+            print(f"{photo}: {len(faces)} face(s) -> {', '.join(str(p) for p in outputs)}")
         if args.sheet is not None:
             labels = [f"age {a:g}" + (f" #{k}" if samples > 1 else "") for a in ages for k in range(samples)]
             write_image(args.sheet, progression_sheet(image, results, labels, faces))
-            print(f"progression sheet -> {args.sheet}")
+            print(f"{photo}: {len(faces)} face(s) -> progression sheet {args.sheet}")
+    if args.random_weights:
+        warn(RANDOM_WEIGHTS_WARNING)  # again, after the outputs, where it cannot be missed
     if failures:
         raise AgingError(f"{failures} of {len(photos)} photos failed (see above)")
     return 0

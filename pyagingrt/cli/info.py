@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +20,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="a model name (ageflow, acgan, cusp, pada) or a pyagingrt checkpoint")
     p.add_argument("--config", default=None, help="config name, e.g. paper or tiny (default: the model's first)")
     p.set_defaults(func=run)
+
+
+def _shape_only_engine(model: str, config: str | None) -> Any:
+    """An Engine whose module lives on the meta device: sizes, parameter count and FLOPs without allocating or
+    initialising any weight (the paper AgeFlow would take ~7 GB and half a minute to build for real)."""
+    import torch
+
+    import pyagingrt
+    from pyagingrt.checkpoint import read_header
+    from pyagingrt.models.registry import get_adapter, model_names
+
+    if model.strip().lower() not in model_names() and Path(model).is_file():
+        header = read_header(model)
+        if header is None:
+            raise CheckpointError(f"{model} is not a pyagingrt checkpoint; give a model name, or convert it first")
+        if config is not None:
+            raise InputError("a pyagingrt checkpoint stores its config; leave --config out")
+        adapter = get_adapter(header.model)
+        cfg, name = adapter.config_from_dict(header.config), None
+    else:
+        adapter = get_adapter(model)
+        name = config or adapter.config_names[0]
+        if name not in adapter.config_names:
+            raise InputError(f"{adapter.name} has no config {name!r}; choose one of: {', '.join(adapter.config_names)}")
+        cfg = adapter.make_config(name)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)  # e.g. PADA's random CLIP: not used here
+        module = adapter.build(cfg).eval().requires_grad_(False)
+    return pyagingrt.Engine(adapter, cfg, module, torch.device("meta"), torch.float32, config_name=name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
             adapter = get_adapter(name)
             print(f"  {name:8s} {adapter.title}; configs: {', '.join(adapter.config_names)}")
         return 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)
-        engine = pyagingrt.load(args.model, config=args.config, device="cpu")
-    info = engine.info()
+    info = _shape_only_engine(args.model, args.config).info()
     print(f"model       {info['model']}")
     print(f"config      {info['config']}")
     print(f"parameters  {info['parameters']:,}")

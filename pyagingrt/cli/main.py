@@ -42,16 +42,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .messages import cli_words
+    from .signals import Terminated, exit_cleanly_on_signals
+
     try:
-        return int(args.func(args) or 0)
+        with exit_cleanly_on_signals():  # SIGTERM/SIGHUP unwind like Ctrl-C: no half-written output stays
+            return int(args.func(args) or 0)
     except AgingError as exc:
         if args.debug:
             raise
-        print(f"agingrt: error: {exc}", file=sys.stderr)
+        print(f"agingrt: error: {cli_words(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("agingrt: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"agingrt: stopped by {exc.name}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -20,24 +20,34 @@ def _positive(text: str) -> int:
     return value
 
 
+EXAMPLES = """examples:
+  agingrt video in.mp4 -o old.mp4 --model cusp --checkpoint network-snapshot.pkl --age 65
+  agingrt video in.mp4 -o preview.mp4 --checkpoint acgan.safetensors --age 60 --max-frames 48
+  agingrt video in.mp4 -o old.mp4 --model acgan --random-weights --age 60   # no weights: meaningless output
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "video",
         help="age the faces in a video (keeps resolution, frame rate, rotation and audio)",
         description="Decode, track every face (detection every few frames, optical flow in between, smoothed "
         "landmarks), age the faces in batches, blend them back and encode; frames without a face pass through "
-        "unchanged. A progress bar shows frames, fps and time left; the end prints the time of each stage. "
-        "Example: agingrt video in.mp4 -o old.mp4 --checkpoint cusp.pkl --model cusp --age 70",
+        "unchanged. A progress bar shows frames, fps and time left; the end prints the time of each stage.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, metavar="IN", help="input video (anything FFmpeg reads: mp4, mov, mkv, ...)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output video: .mp4, .mov or .mkv (required)")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="output video: .mp4, .mov, .mkv, .avi or .webm (required)"
+    )
     p.add_argument("--age", type=float, required=True, help="target age in years (required)")
     v = p.add_argument_group("video")
     v.add_argument("--detect-every", type=_positive, default=5, help="run the detector every N frames (default: 5)")
     v.add_argument("--batch-size", type=_positive, default=8, help="faces per model call (default: 8)")
     v.add_argument("--no-smooth", action="store_true", help="do not smooth landmarks over time (default: smooth)")
-    v.add_argument("--codec", default="libx264", help="video encoder (default: libx264)")
-    v.add_argument("--crf", type=int, default=18, help="x264/x265 quality, lower is better (default: 18)")
+    v.add_argument("--codec", help="video encoder (default: libx264; libvpx-vp9 for .webm)")
+    v.add_argument("--crf", type=int, default=18, help="x264/x265/VP9 quality, lower is better (default: 18)")
     v.add_argument("--max-frames", type=_positive, help="stop after N frames, for a preview (default: all)")
     v.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     add_model_arguments(p)

@@ -165,8 +165,10 @@ class ModelAdapter(ABC):
         from torch.utils.flop_counter import FlopCounterMode
 
         size = self.input_size(config)
-        images = torch.rand(1, 3, size, size)
+        device = next(module.parameters()).device  # meta for a module built under torch.device("meta")
+        images = torch.rand(1, 3, size, size, device=device)
         targets = self.validate_ages(config, torch.tensor([self.age_groups(config)[-1].representative_age()]))
+        targets = targets.to(device)
         options = self.validate_options(config, 1, {})
         gen = torch.Generator().manual_seed(0)
         with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -17,7 +17,16 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["DETECTORS", "Face", "FaceDetector", "check_face_choice", "get_detector", "select_faces"]
+__all__ = [
+    "DETECTORS",
+    "Face",
+    "FaceDetector",
+    "check_face_choice",
+    "face_shaped",
+    "get_detector",
+    "is_face_shaped",
+    "select_faces",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,34 @@ def get_detector(name: str = "mtcnn") -> FaceDetector:
     if name not in DETECTORS:
         raise InputError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
     return DETECTORS[name]()
+
+
+def is_face_shaped(landmarks: np.ndarray, box: np.ndarray) -> bool:
+    """Whether 5 landmarks [5, 2] are laid out like a face, in the frame of the eyes (x along the eye line, y
+    down from it, in eye distances): the nose below the eyes, both mouth corners below the nose's level, the
+    mouth corners in their left/right order, and an eye distance that is a sane share of the box width.
+
+    The bounds are loose (a frontal face has nose y ~0.55, mouth y ~0.95, eye distance ~0.47 of the box;
+    turned or tilted faces stay inside them): they reject landmarks a detector put on a pattern (a logo, text,
+    a texture) in a non-face layout, and tracks whose points optical flow has pulled apart.
+    """
+    marks = np.asarray(landmarks, dtype=np.float64)
+    axis = marks[1] - marks[0]
+    eyes = float(np.hypot(*axis))
+    width = float(box[2] - box[0])
+    if not np.isfinite(marks).all() or eyes < 1e-6 or width <= 0 or not 0.2 <= eyes / width <= 0.9:
+        return False
+    ux, uy = axis / eyes
+    rel = (marks - (marks[0] + marks[1]) / 2) / eyes  # [5, 2] from the eyes' midpoint, in eye distances
+    x, y = rel @ np.array([ux, uy]), rel @ np.array([-uy, ux])  # along the eye line, and down from it
+    nose_ok = 0.15 <= y[2] <= 2.0 and abs(x[2]) <= 1.2
+    mouth_ok = all(0.35 <= y[k] <= 3.0 and y[k] >= y[2] - 0.1 and abs(x[k]) <= 1.8 for k in (3, 4))
+    return bool(nose_ok and mouth_ok and 0.2 <= x[4] - x[3] <= 2.5)
+
+
+def face_shaped(faces: Sequence[Face]) -> list[Face]:
+    """The faces whose landmarks pass :func:`is_face_shaped`."""
+    return [f for f in faces if is_face_shaped(f.landmarks, f.box)]
 
 
 def select_faces(faces: Sequence[Face], which: str | int = "all") -> list[Face]:

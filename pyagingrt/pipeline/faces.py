@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import InputError, NoFaceError
 from .align import Alignment, alignment_for, crop_transforms
-from .detect import Face, FaceDetector, check_face_choice, get_detector, select_faces
+from .detect import Face, FaceDetector, check_face_choice, face_shaped, get_detector, select_faces
 from .warp import crop_faces, feather_mask, paste_faces
 
 __all__ = ["AgingEngine", "FacePipeline", "is_stochastic", "run_engine"]
@@ -98,7 +98,7 @@ class FacePipeline:
     # --- steps -------------------------------------------------------------------------------------------
     def find_faces(self, image: np.ndarray) -> list[Face]:
         """The selected faces of ``image`` (uint8 RGB [H, W, 3]); NoFaceError when there is none."""
-        faces = self.detector.detect(image)
+        faces = face_shaped(self.detector.detect(image))
         if not faces:
             raise NoFaceError("no face found in the photo; the detector needs a frontal face at least 40 pixels high")
         return select_faces(faces, self.face)
@@ -106,6 +106,8 @@ class FacePipeline:
     def to_device(self, image: np.ndarray, copy: bool = True) -> Tensor:
         """uint8 [H, W, 3] numpy -> uint8 Tensor[H, W, 3] on the engine's device. Pasting works in place, so on
         CPU the array is copied unless ``copy=False`` says the caller's array may change."""
+        if not image.flags.writeable:  # e.g. np.asarray(PIL image): torch would warn, and we must not write it
+            image, copy = np.array(image), False  # a fresh copy is already ours to change
         photo = torch.from_numpy(np.ascontiguousarray(image))
         if self.device.type == "cpu":
             return photo.clone() if copy else photo
@@ -126,7 +128,7 @@ class FacePipeline:
     # --- whole photos ------------------------------------------------------------------------------------
     def reference_crop(self, image: np.ndarray) -> Tensor:
         """The largest face of a reference photo, aligned like the input faces: float Tensor[1, 3, S, S]."""
-        faces = self.detector.detect(image)
+        faces = face_shaped(self.detector.detect(image))
         if not faces:
             raise NoFaceError("no face found in the reference photo; give a photo with a clear frontal face")
         face = max(faces, key=lambda f: f.size)

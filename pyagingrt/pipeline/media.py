@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 from ..errors import MediaError, OutputError
 
 __all__ = [
+    "ALPHA_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "atomic_output",
@@ -27,8 +30,12 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = 40_000_000  # above this a photo is downscaled (8K is 33 MP); the decoded copy is 120 MB
-_REFUSE_FACTOR = 16  # above 16 x max_pixels (640 MP by default) a photo is refused without decoding it
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")  # image formats that keep an alpha channel
+# Above this a photo is refused (the CLI's --max-pixels): 200 MP holds a 14000x14000 photo. Faces are found on
+# a copy of at most 1024 px a side and aged at full resolution; the decoded photo, its working copy and the
+# encoder's take about 20 bytes a pixel at peak (measured: 2.8 GB for a 12000x12000 JPEG).
+DEFAULT_MAX_PIXELS = 200_000_000
+_BYTES_PER_PIXEL = 20
 
 
 def list_images(path: Path) -> list[Path]:
@@ -43,42 +50,55 @@ def list_images(path: Path) -> list[Path]:
     return [path]
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str | None]:
-    """A photo as uint8 RGB [H, W, 3], upright (EXIF orientation applied), and a note when it was downscaled.
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """A photo at its full size, upright (EXIF orientation applied): uint8 RGB [H, W, 3], and its alpha channel
+    uint8 [H, W] when it has one (RGBA, LA, or a palette with transparency), else None.
 
-    A photo over ``max_pixels`` is downscaled to fit (JPEGs are decoded at reduced size, so memory stays low);
-    one over 16 x ``max_pixels`` is refused before decoding. Raises MediaError for anything unreadable.
+    A photo over ``max_pixels`` is refused from its header, before decoding, with a message naming the CLI's
+    ``--max-pixels``; below that, Pillow's own decompression-bomb limit and warning do not apply (our limit
+    replaces it). Raises MediaError for anything unreadable.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _pillow_limit_lifted(), Image.open(path) as im:
             width, height = im.size
-            if width * height > _REFUSE_FACTOR * max_pixels:
-                raise MediaError(
-                    f"{path} is {width}x{height} ({width * height / 1e6:.0f} MP), too large to process; "
-                    f"downscale it below {_REFUSE_FACTOR * max_pixels / 1e6:.0f} MP first"
-                )
-            note = None
             if width * height > max_pixels:
-                factor = (max_pixels / (width * height)) ** 0.5
-                target = (max(1, int(width * factor)), max(1, int(height * factor)))
-                im.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 size straight away
-                note = (
-                    f"{path.name} is {width}x{height} ({width * height / 1e6:.0f} MP); working on a "
-                    f"{target[0]}x{target[1]} copy (--max-pixels {max_pixels})"
+                raise MediaError(
+                    f"{path} is {width}x{height} ({width * height / 1e6:.3g} MP), too large: above --max-pixels "
+                    f"{max_pixels} ({max_pixels / 1e6:.3g} MP); raise --max-pixels if the memory allows "
+                    f"(about {width * height * _BYTES_PER_PIXEL / 1e9:.2g} GB), or downscale the photo"
                 )
-                im = im.resize(target, Image.Resampling.LANCZOS) if im.size != target else im
-            image = ImageOps.exif_transpose(im.convert("RGB"))
-            return np.asarray(image, dtype=np.uint8).copy(), note
+            im = ImageOps.exif_transpose(im)
+            has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+            if has_alpha:
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)  # [H, W, 4]
+                return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+            return np.array(im.convert("RGB"), dtype=np.uint8), None
     except MediaError:
         raise
     except UnidentifiedImageError as exc:
         raise MediaError(f"{path} is not an image Pillow can read (jpg, png, bmp, webp, tiff)") from exc
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"{path} is too large to process safely: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data, permissions, directories
         raise MediaError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
+_pillow_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limit_lifted() -> Iterator[None]:
+    """Pillow's MAX_IMAGE_PIXELS (89 MP warns, 179 MP refuses) off while a photo is opened: read_image checks
+    its own ``max_pixels`` from the header instead, so the user sees one limit, the one ``--max-pixels`` sets."""
+    from PIL import Image
+
+    with _pillow_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def check_writable(path: Path) -> None:
@@ -106,6 +126,8 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OutputError:
+        raise
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
@@ -113,13 +135,25 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write uint8 RGB [H, W, 3] atomically; the format follows the suffix."""
+def image_format(path: Path) -> str:
+    """Pillow's format name for ``path``'s suffix; OutputError for a suffix that is not an image type."""
     from PIL import Image
 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise OutputError(f"cannot write {path}: unknown image type {path.suffix!r}; use .jpg or .png")
-    options = {"quality": 95} if fmt == "JPEG" else {}
+    return fmt
+
+
+def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """Write uint8 RGB [H, W, 3] atomically, with ``alpha`` uint8 [H, W] when given and the format keeps one
+    (:data:`ALPHA_FORMATS`; elsewhere it is dropped); the format follows the suffix."""
+    from PIL import Image
+
+    fmt = image_format(path)
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    picture = Image.fromarray(image)
+    if alpha is not None and fmt in ALPHA_FORMATS:
+        picture.putalpha(Image.fromarray(alpha))
     with atomic_output(path) as tmp:
-        Image.fromarray(image).save(tmp, format=fmt, **options)
+        picture.save(tmp, format=fmt, **options)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .detect import Face, FaceDetector, select_faces
+from .detect import Face, FaceDetector, face_shaped, is_face_shaped, select_faces
 
 __all__ = ["FaceTracker", "OneEuroFilter", "TrackedFace"]
 
@@ -55,6 +55,8 @@ class _Track:
     face: Face  # latest raw estimate
     smooth: OneEuroFilter
     missed: int = 0  # detection rounds in a row without a matching detection
+    hits: int = 1  # detections matched to it so far
+    confirmed: bool = False  # seen by the detector in enough frames in a row to be aged
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class FaceTracker:
         detect_every: detection interval; in between, landmarks follow Lucas-Kanade optical flow.
         face: "all", "largest" or N (see pipeline.detect.select_faces), applied to each frame's tracks.
         max_missed: a track that no detection matches this many rounds in a row ends.
+        confirm: a new track is only aged once the detector has found it in this many frames in a row (the
+            detector runs on every frame while a track waits), so a pattern it mistakes for a face in one frame
+            (a blurred logo) is never aged; a real face starts being aged ``confirm - 1`` frames late.
+
+    Detections and tracked faces whose landmarks are not laid out like a face (pipeline.detect.is_face_shaped)
+    are dropped.
     """
 
     def __init__(
@@ -93,12 +101,13 @@ class FaceTracker:
         face: str | int = "all",
         max_missed: int = 2,
         smooth: bool = True,
+        confirm: int = 2,
     ) -> None:
         import cv2
 
         self._cv2 = cv2
         self.detector, self.rate, self.detect_every, self.face = detector, rate, max(1, detect_every), face
-        self.max_missed, self.smooth = max_missed, smooth
+        self.max_missed, self.smooth, self.confirm = max_missed, smooth, max(1, confirm)
         self._tracks: list[_Track] = []
         self._ids = itertools.count()
         self._frame = 0
@@ -119,7 +128,8 @@ class FaceTracker:
             new = np.where(ok[:, None], moved[5 * i : 5 * i + 5], track.face.landmarks)  # [5, 2]
             shift = np.median(new - track.face.landmarks, axis=0)  # [2]
             track.face = Face(box=track.face.box + np.tile(shift, 2), landmarks=new, score=track.face.score)
-            kept.append(track)
+            if is_face_shaped(track.face.landmarks, track.face.box):  # else the flow lost it: end the track
+                kept.append(track)
         self._tracks = kept
 
     def _match(self, faces: list[Face]) -> None:
@@ -134,27 +144,34 @@ class FaceTracker:
                 continue
             used_t.add(ti)
             used_f.add(fi)
-            self._tracks[ti].face, self._tracks[ti].missed = faces[fi], 0
+            track = self._tracks[ti]
+            track.face, track.missed, track.hits = faces[fi], 0, track.hits + 1
+            track.confirmed = track.confirmed or track.hits >= self.confirm
         for ti, track in enumerate(self._tracks):
             if ti not in used_t:
                 track.missed += 1
-        self._tracks = [t for t in self._tracks if t.missed < self.max_missed]
+        # a confirmed track survives a few missed rounds; one still waiting for confirmation ends at its first
+        self._tracks = [t for t in self._tracks if t.missed < (self.max_missed if t.confirmed else 1)]
         for fi, face in enumerate(faces):
             if fi not in used_f:
-                self._tracks.append(_Track(next(self._ids), face, OneEuroFilter(self.rate)))
+                self._tracks.append(
+                    _Track(next(self._ids), face, OneEuroFilter(self.rate), confirmed=self.confirm == 1)
+                )
 
     def update(self, image: np.ndarray) -> list[TrackedFace]:
         """The selected faces of the next frame (uint8 RGB [H, W, 3]), with smoothed landmarks."""
         gray = self._cv2.cvtColor(image, self._cv2.COLOR_RGB2GRAY)
         self._flow(gray)
-        if self._frame % self.detect_every == 0 or not self._tracks:
-            self._match(self.detector.detect(image))
+        waiting = any(not t.confirmed for t in self._tracks)
+        if self._frame % self.detect_every == 0 or not self._tracks or waiting:
+            self._match(face_shaped(self.detector.detect(image)))
         self._gray, self._frame = gray, self._frame + 1
         wanted = self.face
-        if isinstance(wanted, int) and wanted > len(self._tracks):
+        tracks = [t for t in self._tracks if t.confirmed]
+        if isinstance(wanted, int) and wanted > len(tracks):
             return []  # face N is not in this frame: pass it through
-        faces = select_faces([t.face for t in self._tracks], wanted) if self._tracks else []
-        by_face = {id(t.face): t for t in self._tracks}
+        faces = select_faces([t.face for t in tracks], wanted) if tracks else []
+        by_face = {id(t.face): t for t in tracks}
         out = []
         for face in faces:
             track = by_face[id(face)]

@@ -10,12 +10,15 @@ resolution, frame timestamps (so the frame rate) and audio. Frames without a fac
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,11 @@ import torch
 from ..errors import AgingError, InputError, MediaError, OutputError
 from .detect import FaceDetector, get_detector
 from .faces import AgingEngine, FacePipeline, run_engine
-from .media import atomic_output
+from .media import IMAGE_SUFFIXES, atomic_output
+from .timestamps import FrameClock
 from .track import FaceTracker, TrackedFace
 
-__all__ = ["STAGES", "StageTimes", "VideoSettings", "age_video", "open_video"]
+__all__ = ["STAGES", "StageTimes", "VideoSettings", "age_video", "default_codec", "open_video"]
 
 STAGES = ("decode", "detect", "align", "model", "paste-back", "encode")
 _END = object()  # end of stream marker on the queues
@@ -67,7 +71,7 @@ class VideoSettings:
     batch_size: int = 8  # faces per model call (deterministic models)
     face: str | int = "all"
     smooth: bool = True  # 1-euro smoothing of landmarks
-    codec: str = "libx264"
+    codec: str | None = None  # None: the container's default (default_codec)
     crf: int = 18  # x264 quality: 18 is visually lossless
     max_frames: int | None = None  # stop after this many frames (previews)
     queue_frames: int = 16  # frames in flight per queue: bounds memory (16 x 6 MB at 1080p)
@@ -145,10 +149,19 @@ def open_video(path: Path) -> Any:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(f"{path} is not a video that can be read (corrupt, truncated or not a video): {exc}") from exc
+    if path.suffix.lower() in IMAGE_SUFFIXES or _is_still_image(container):
+        container.close()
+        raise MediaError(f"{path} is a still image, not a video; to age a photo use: agingrt age {path}")
     if not container.streams.video:
         container.close()
         raise MediaError(f"{path} has no video stream")
     return container
+
+
+def _is_still_image(container: Any) -> bool:
+    """FFmpeg reads a photo as a one-frame video through its image demuxers (image2, png_pipe, jpeg_pipe...)."""
+    names = set(container.format.name.split(","))
+    return bool(names & {"image2", "image2pipe"}) or any(n.endswith("_pipe") for n in names)
 
 
 def age_video(
@@ -226,13 +239,20 @@ def age_video(
                 return
         _put(detected, _END, stop)
 
-    def encode() -> None:
-        out = av.open(str(tmp), "w", format=_muxer(dst))
+    out_format = _muxer(dst)
+
+    def encode(out: Any, audio_out: dict[int, Any]) -> None:
         try:
-            audio_out = {a.index: out.add_stream_from_template(a) for a in ains}
-            vout = None
+            vout, clock = None, None
+            held: collections.deque[_Frame] = collections.deque()  # frames waiting for their timestamp
             waiting: list[Any] = []  # audio before the first frame: the header needs every stream first
             bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, leave=False)
+
+            def emit(item: _Frame) -> None:
+                frame = av.VideoFrame.from_ndarray(_stored(item.image, item.rotation), format="rgb24")
+                frame.pts, frame.time_base = clock.pop(), clock.time_base
+                out.mux(vout.encode(frame))
+
             while (item := _get(aged, stop)) is not _END:
                 if not isinstance(item, _Frame):
                     if vout is None:
@@ -243,18 +263,23 @@ def age_video(
                     continue
                 with times("encode"):
                     if vout is None:
-                        vout = _video_stream(out, vin, item, rate, settings)
+                        vout = _video_stream(out, out_format, vin, item, rate, settings)
+                        # the encoder's time base: the muxer may change the stream's when it writes the header
+                        clock = FrameClock(vout.codec_context.time_base, rate)
                         for packet in waiting:
                             packet.stream = audio_out[packet.stream.index]
                             out.mux(packet)
                         waiting.clear()
-                    frame = av.VideoFrame.from_ndarray(_stored(item.image, item.rotation), format="rgb24")
-                    frame.pts, frame.time_base = item.pts, item.time_base
-                    out.mux(vout.encode(frame))
+                    clock.push(item.pts, item.time_base or vin.time_base)
+                    held.append(item)
+                    if clock.ready:
+                        emit(held.popleft())
                 times.frames += 1
                 bar.update(1)
             if not stop.is_set() and vout is not None:
                 with times("encode"):
+                    while held:
+                        emit(held.popleft())
                     out.mux(vout.encode(None))
             bar.close()
         finally:
@@ -263,8 +288,18 @@ def age_video(
     start = time.perf_counter()
     try:
         with atomic_output(dst) as tmp:
+            out = av.open(str(tmp), "w", format=out_format)  # here, not in the thread: see signals in the CLI
             workers = [_Worker(n, b, errors, stop) for n, b in (("decode", decode), ("detect", detect))]
-            encoder = _Worker("encode", encode, errors, stop)
+            try:  # audio is copied as it is: the container must hold its codec
+                audio_out = {a.index: out.add_stream_from_template(a) for a in ains}
+            except ValueError as exc:
+                out.close()
+                codecs = ", ".join(sorted({a.codec_context.name for a in ains}))
+                raise OutputError(
+                    f"cannot write {dst}: a {dst.suffix} file cannot hold the input's {codecs} audio, which is copied "
+                    "without re-encoding; write .mkv (holds any codec) or .mp4"
+                ) from exc
+            encoder = _Worker("encode", functools.partial(encode, out, audio_out), errors, stop)
             for w in [*workers, encoder]:
                 w.start()
             try:
@@ -287,25 +322,40 @@ def age_video(
     return times
 
 
-def _muxer(dst: Path) -> str | None:
+_MUXERS = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+
+
+def _muxer(dst: Path) -> str:
     suffix = dst.suffix.lower().lstrip(".")
-    known = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
-    if suffix not in known:
-        raise OutputError(f"cannot write {dst}: unknown video type {dst.suffix!r}; use .mp4, .mov or .mkv")
-    return known[suffix]
+    if suffix not in _MUXERS:
+        raise OutputError(f"cannot write {dst}: unknown video type {dst.suffix!r}; use .mp4, .mov, .mkv, .avi or .webm")
+    return _MUXERS[suffix]
 
 
-def _video_stream(out: Any, vin: Any, first: _Frame, rate: Any, settings: VideoSettings) -> Any:
+def default_codec(dst: Path) -> str:
+    """The encoder for ``dst`` by default: VP9 for WebM (which holds only VP8/VP9/AV1), else H.264."""
+    return "libvpx-vp9" if _muxer(dst) == "webm" else "libx264"
+
+
+def _video_stream(out: Any, out_format: str, vin: Any, first: _Frame, rate: Any, settings: VideoSettings) -> Any:
     """The output video stream: the input's stored size, timestamps and rotation."""
     height, width = _stored(first.image, first.rotation).shape[:2]
-    vout = out.add_stream(settings.codec, rate=rate)
+    codec = settings.codec or ("libvpx-vp9" if out_format == "webm" else "libx264")  # see default_codec
+    vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height = width, height
     # 4:2:0 needs even sides; 4:4:4 keeps an odd-sized video at its exact size
     vout.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-    vout.codec_context.time_base = vin.time_base  # keep the input's timestamps exactly
-    vout.time_base = vin.time_base
-    if settings.codec in ("libx264", "libx265"):
+    # AVI has no per-frame timestamps: its time base is the frame rate players show, so it must be 1/fps;
+    # elsewhere the input's time base keeps its timestamps exactly
+    time_base = Fraction(1) / Fraction(rate) if out_format == "avi" else vin.time_base
+    vout.codec_context.time_base = time_base
+    vout.time_base = time_base
+    if out_format == "avi":  # nor can it order B-frames: players would see the timestamps go backwards
+        vout.codec_context.max_b_frames = 0
+    if codec in ("libx264", "libx265"):
         vout.options = {"crf": str(settings.crf)}
+    elif codec.startswith("libvpx"):
+        vout.options = {"crf": str(settings.crf), "b": "0"}  # constant quality
     if first.rotation:
         vout.set_display_rotation(first.rotation)
     return vout

@@ -19,6 +19,7 @@ from pyagingrt.models.base import AgeGroup, ModelAdapter
 TEST_ADAPTERS = {
     "identity": "tests.api.pipeline_adapters:IdentityAdapter",
     "noisy": "tests.api.pipeline_adapters:NoisyAdapter",
+    "slow": "tests.api.pipeline_adapters:SlowAdapter",
 }
 
 
@@ -81,6 +82,19 @@ class NoisyAdapter(IdentityAdapter):
         return (images * module.gain + 0.2 * noise).clamp(0, 1)
 
 
+class SlowAdapter(IdentityAdapter):
+    """The identity, a quarter of a second per call: a video run lasts long enough to be interrupted."""
+
+    name = "slow"
+    title = "Slow (tests only)"
+
+    def run(self, module: nn.Module, images: Tensor, targets: Tensor, generator: Any, options: dict) -> Tensor:
+        import time
+
+        time.sleep(0.25)
+        return images * module.gain
+
+
 # --- helpers shared by the pipeline and CLI tests ---------------------------------------------------------
 def register_test_models(monkeypatch: Any) -> None:
     """Make ``pyagingrt.load("identity" | "noisy")`` work for one test."""
@@ -96,7 +110,7 @@ def load_test_engine(name: str, size: int = 32) -> Any:
     construction. (Loading its checkpoint by name needs register_test_models.)"""
     from pyagingrt.api import Engine
 
-    adapter = {"identity": IdentityAdapter, "noisy": NoisyAdapter}[name]()
+    adapter = {"identity": IdentityAdapter, "noisy": NoisyAdapter, "slow": SlowAdapter}[name]()
     config = FakeConfig(size=size)
     return Engine(
         adapter, config, adapter.build(config).eval().requires_grad_(False), torch.device("cpu"), torch.float32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_help_explains_every_flag_with_its_default():
         "--max-pixels",
     ):
         assert flag in out.stdout, flag
-    for default in ("(default: 0)", "(default: fp32)", "(default: all)", "(default: 40000000"):
+    for default in ("(default: 0)", "(default: fp32)", "(default: all)", "(default: 200000000"):
         assert default in out.stdout, default
 
 
@@ -155,25 +156,74 @@ def test_bad_input_gives_one_line_and_no_output(files, tmp_path, capsys, case, m
 
 
 @pytest.mark.usefixtures("in_process")
-def test_large_photo_is_downscaled_with_a_note(files, tmp_path, capsys):
+def test_photo_over_max_pixels_is_refused_by_the_tools_own_limit(files, tmp_path, capsys):
     out = tmp_path / "out.png"
-    code = main(
-        [
-            "age",
-            str(files["astronaut"]),
-            "--checkpoint",
-            str(files["identity"]),
-            "--age",
-            "70",
-            "-o",
-            str(out),
-            "--max-pixels",
-            "100000",
-        ]
-    )
-    assert code == 0
-    assert "working on a 316x316 copy" in capsys.readouterr().err  # sqrt(100000 / 512^2) * 512 = 316
-    assert _read(out).shape == (316, 316, 3)
+    args = ["age", str(files["astronaut"]), "--checkpoint", str(files["identity"]), "--age", "70", "-o", str(out)]
+    assert main([*args, "--max-pixels", "100000"]) == 1
+    _one_line_error(capsys, "is 512x512 (0.262 MP), too large: above --max-pixels 100000")
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("in_process")
+def test_photo_over_pillows_limit_is_aged_at_full_size_without_its_warning(files, tmp_path, monkeypatch):
+    """Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that (89 / 179 MP by default); lowered here
+    so a 512x512 photo is over both. The tool's own --max-pixels (default 200 MP) is the only limit."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    out = tmp_path / "out.png"
+    args = ["age", str(files["astronaut"]), "--checkpoint", str(files["noisy"]), "--age", "70", "-o", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would fail the run
+        assert main(args) == 0
+    assert Image.MAX_IMAGE_PIXELS == 100_000  # put back
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # for this test's own reads
+    aged, photo = _read(out), _read(files["astronaut"])
+    assert aged.shape == photo.shape == (512, 512, 3)
+    assert np.abs(aged.astype(int) - photo.astype(int)).max() > 30  # the face was aged, at full size
+
+
+@pytest.mark.usefixtures("in_process")
+def test_large_photo_keeps_its_size(files, tmp_path):
+    """Faces are found on a copy of at most 1024 px a side; the output has the input's 2048x2048 pixels."""
+    big = tmp_path / "big.png"
+    Image.fromarray(skimage_data.astronaut()).resize((2048, 2048), Image.Resampling.BICUBIC).save(big)
+    out = tmp_path / "out.png"
+    assert main(["age", str(big), "--checkpoint", str(files["noisy"]), "--age", "70", "-o", str(out)]) == 0
+    aged, photo = _read(out), _read(big)
+    assert aged.shape == photo.shape == (2048, 2048, 3)
+    diff = np.abs(aged.astype(int) - photo.astype(int)).max(axis=2)
+    assert diff.max() > 30
+    assert (diff[1400:] == 0).all()  # far from the face: untouched
+
+
+@pytest.mark.usefixtures("in_process")
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_kept(files, tmp_path, mode):
+    photo = skimage_data.astronaut()
+    alpha = np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))  # a left-to-right ramp [512, 512]
+    src = tmp_path / "clear.png"
+    if mode == "RGBA":
+        Image.fromarray(np.dstack([photo, alpha])).save(src)
+    elif mode == "LA":
+        Image.fromarray(np.dstack([photo.mean(axis=2).astype(np.uint8), alpha]), "LA").save(src)
+    else:  # a palette image with one transparent colour
+        Image.fromarray(photo).quantize(64).save(src, transparency=0)
+    with Image.open(src) as im:
+        expected = np.asarray(im.convert("RGBA"))[..., 3]
+    out = tmp_path / "out.png"
+    assert main(["age", str(src), "--checkpoint", str(files["noisy"]), "--age", "70", "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.mode == "RGBA"
+        kept = np.asarray(im)
+    assert (kept[..., 3] == expected).all()
+
+
+@pytest.mark.usefixtures("in_process")
+def test_transparency_dropped_by_jpeg_is_said(files, tmp_path, capsys):
+    src = tmp_path / "clear.png"
+    Image.fromarray(np.dstack([skimage_data.astronaut(), np.full((512, 512), 128, np.uint8)])).save(src)
+    out = tmp_path / "out.jpg"
+    assert main(["age", str(src), "--checkpoint", str(files["identity"]), "--age", "70", "-o", str(out)]) == 0
+    assert "has transparency, which .jpg cannot keep" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("in_process")
@@ -202,6 +252,18 @@ def test_progression_sheet_and_one_file_per_age(files, tmp_path):
     height, width, _ = _read(sheet).shape
     assert width == 4 * 320  # input + 3 ages, 320 px tiles
     assert height > 320  # and a label band below
+
+
+@pytest.mark.usefixtures("in_process")
+def test_sheet_alone_writes_only_the_sheet(files, tmp_path):
+    photo = tmp_path / "me.png"
+    photo.write_bytes(files["astronaut"].read_bytes())
+    (tmp_path / "me_age40.png").write_bytes(b"an earlier result")
+    sheet = tmp_path / "sheet.png"
+    args = ["age", str(photo), "--checkpoint", str(files["identity"]), "--ages", "10,40", "--sheet", str(sheet)]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me.png", "me_age40.png", "sheet.png"]
+    assert (tmp_path / "me_age40.png").read_bytes() == b"an earlier result"  # not overwritten
 
 
 @pytest.mark.usefixtures("in_process")

@@ -53,7 +53,7 @@ def test_help_explains_every_flag_with_its_default():
     ):
         assert flag in out.stdout, flag
     assert "(default: 5)" in out.stdout
-    assert "(default: libx264)" in out.stdout
+    assert "(default: libx264; libvpx-vp9 for .webm)" in out.stdout
 
 
 def test_video_keeps_frames_rate_and_audio_and_reports_stages(files, tmp_path):
