@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             adapter = get_adapter(name)
             print(f"  {name:8s} {adapter.title}; configs: {', '.join(adapter.config_names)}")
         return 0
-    info = _shape_only_engine(args.model, args.config).info()
+    engine = _shape_only_engine(args.model, args.config)
+    info = engine.info()
     print(f"model       {info['model']}")
     print(f"config      {info['config']}")
     print(f"parameters  {info['parameters']:,}")

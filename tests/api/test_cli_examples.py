@@ -36,8 +36,13 @@ CHECKPOINTS = {
     "network-snapshot.pkl": "cusp",
     "cusp.safetensors": "cusp",
     "last.ckpt": "pada",
+    "final.safetensors": "acgan",  # the training section's run folder
 }
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Commands whose examples run here on stand-ins. The others need what a test cannot make in seconds (a data
+# set and a training run, a running server, the judges' packages, an export's minutes): their examples are
+# parsed, so a renamed or removed flag still fails, and their own test files run them on tiny inputs.
+RUN_COMMANDS = ("age", "video", "convert", "bench", "info")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi")
 
 
@@ -61,9 +66,10 @@ def help_examples() -> list[str]:
         for sub in dict.fromkeys(action.choices.values()):
             for text in (sub.description or "", sub.epilog or ""):
                 for line in text.splitlines():
+                    if not line.strip().startswith("agingrt "):  # prose may hold unbalanced quotes
+                        continue
                     words = shlex.split(line, comments=True)
-                    if words and words[0] == "agingrt":
-                        found.append(shlex.join(words))
+                    found.append(shlex.join(words))
     return found
 
 
@@ -107,6 +113,7 @@ def _place(word: str, flag: str | None, model: str | None, stand_ins: Path, here
     if path.exists() or flag in ("-o", "--output", "--json", "--plot", "--sheet", "--profile", "--out-dir"):
         return
     name = Path(word).name
+    path.parent.mkdir(parents=True, exist_ok=True)
     if name in CHECKPOINTS:
         path.write_bytes((stand_ins / f"{CHECKPOINTS[name]}.safetensors").read_bytes())
     elif flag == "--dex":
@@ -129,6 +136,9 @@ def _place(word: str, flag: str | None, model: str | None, stand_ins: Path, here
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs_as_written(example, stand_ins, tmp_path, monkeypatch, capsys):
     words = shlex.split(example)[1:]
+    if words[0] not in RUN_COMMANDS:
+        build_parser().parse_args(words)  # exits 2 (SystemExit) on an unknown flag or a missing argument
+        return
     needs_cuda = ("--device" in words and words[words.index("--device") + 1].startswith("cuda")) or (
         "--precision" in words and words[words.index("--precision") + 1] == "fp16"
     )
