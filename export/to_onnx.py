@@ -22,6 +22,7 @@ import torch
 
 from .._version import __version__
 from ..errors import InputError, NumericalError, OutputError
+from ..ops.fake_kernels import symbolic_fake_kernels
 from .decompositions import custom_ops_in, decompose
 from .graphs import GraphSample, build_graph
 
@@ -93,7 +94,9 @@ def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int, optim
     level = logger.level
     logger.setLevel(logging.ERROR)  # the exporter's notes (e.g. "torchvision is not installed") are not the user's
     try:
-        with warnings.catch_warnings():
+        # symbolic_fake_kernels: the ops' C++ Meta kernels would fix the batch axis to the example's, in
+        # torch.export and again when the decompositions re-trace the program
+        with warnings.catch_warnings(), symbolic_fake_kernels():
             # torch's own deprecation notes from inside torch.export / torch.onnx, not about the caller's code
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
