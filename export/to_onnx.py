@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import InputError, NumericalError, OutputError
+from ..errors import AgingError, InputError, NumericalError, OutputError
 from ..ops.fake_kernels import symbolic_fake_kernels
 from .decompositions import custom_ops_in, decompose
 from .graphs import GraphSample, build_graph
@@ -34,6 +34,15 @@ MIN_OPSET = 18  # the dynamo exporter's translations target opset 18 and later
 FP32_TOLERANCE = {"acgan": 1e-4, "cusp": 1e-4, "ageflow": 1e-4, "pada": 1e-4}
 #: fp16 files are checked the same way, with this bound (a half-precision graph against the fp32 module).
 FP16_TOLERANCE = 5e-2
+
+
+#: Build-time runner options per model for an fp16 file. AgeFlow's fp16 engine widens its flow stream to float64
+#: by default (exact round trips), but ONNX Runtime has no float64 Conv on the CPU: the file keeps the fp32 stream.
+FP16_RUNNER_OPTIONS: dict[str, dict[str, Any]] = {"ageflow": {"stream_dtype": torch.float32}}
+
+
+class ExportError(AgingError):
+    """The exported file could not be checked (onnx.checker or ONNX Runtime refused it); nothing was written."""
 
 
 @dataclass
@@ -194,7 +203,7 @@ def export_onnx(
 
     Raises:
         InputError (bad arguments), NumericalError (parity outside the tolerance: nothing is written),
-        OutputError (unwritable path).
+        ExportError (onnx.checker or ONNX Runtime refused the file), OutputError (unwritable path).
     """
     import onnx
 
@@ -202,7 +211,8 @@ def export_onnx(
     if engine.device.type != "cpu" or engine.dtype != torch.float32:
         raise InputError("export_onnx needs an fp32 engine on the CPU: load(model, checkpoint, device='cpu')")
     target = Path(path)
-    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options)
+    runner_options = FP16_RUNNER_OPTIONS.get(engine.adapter.name, {}) if precision == "fp16" else {}
+    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options, runner_options)
     model_proto = to_onnx_model(sample, dynamic_batch=batch is None, opset=opset, optimize=optimize)
     metadata = file_metadata(engine, sample, precision, batch, opset)
     del model_proto.metadata_props[:]
@@ -218,8 +228,14 @@ def export_onnx(
     try:
         onnx.save_model(model_proto, str(tmp))
         if check:
-            onnx.checker.check_model(str(tmp), full_check=True)
-            got, provider = run_onnxruntime(tmp, sample.input_names, sample.inputs)
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+                got, provider = run_onnxruntime(tmp, sample.input_names, sample.inputs)
+            except Exception as exc:  # the checker's and ONNX Runtime's own exception types
+                raise ExportError(
+                    f"the exported {engine.adapter.name} {precision} file failed its check ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing written"
+                ) from exc
             with torch.no_grad():
                 graph_out = sample.graph(*sample.inputs).float()
             report.ort_provider = provider
