@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,7 @@ def export_onnx(
     seed: int = 0,
     options: dict[str, Any] | None = None,
     optimize: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export a loaded model's inference graph to ONNX and check it.
 
@@ -197,6 +199,7 @@ def export_onnx(
         seed: seed of the example inputs (and of the model's own draws: PADA noise, CUSP random noise).
         options: model options fixed into the graph (e.g. PADA ``steps``); default the model's defaults.
         optimize: run the onnxscript optimiser on the file (default on).
+        progress: called with the name of each step as it starts (the CLI's progress bar).
 
     Returns:
         An :class:`ExportReport` with the parity figures.
@@ -211,8 +214,11 @@ def export_onnx(
     if engine.device.type != "cpu" or engine.dtype != torch.float32:
         raise InputError("export_onnx needs an fp32 engine on the CPU: load(model, checkpoint, device='cpu')")
     target = Path(path)
+    step = progress or (lambda _name: None)
+    step("building the graph")
     runner_options = FP16_RUNNER_OPTIONS.get(engine.adapter.name, {}) if precision == "fp16" else {}
     sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options, runner_options)
+    step("exporting (torch.export, decompositions, ONNX translation)")
     model_proto = to_onnx_model(sample, dynamic_batch=batch is None, opset=opset, optimize=optimize)
     metadata = file_metadata(engine, sample, precision, batch, opset)
     del model_proto.metadata_props[:]
@@ -228,6 +234,7 @@ def export_onnx(
     try:
         onnx.save_model(model_proto, str(tmp))
         if check:
+            step("checking (onnx.checker, ONNX Runtime parity)")
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)
                 got, provider = run_onnxruntime(tmp, sample.input_names, sample.inputs)

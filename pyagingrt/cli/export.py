@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import warnings
 
@@ -41,12 +42,10 @@ def run(args: argparse.Namespace) -> int:
     import pyagingrt
     from pyagingrt.errors import InputError
 
-    try:
-        from pyagingrt.export.to_onnx import check_export_args, export_onnx
-    except ModuleNotFoundError as exc:  # onnx / onnxscript / onnxruntime missing
-        raise InputError(
-            f"agingrt export needs the export extra ({exc.name} is missing): pip install 'pyagingrt[export]'"
-        ) from None
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"agingrt export needs {', '.join(missing)}: pip install 'pyagingrt[export]'")
+    from pyagingrt.export.to_onnx import check_export_args, export_onnx
 
     if not args.output.endswith(".onnx"):
         raise InputError(f"the output must be a .onnx file, got {args.output}")
@@ -62,6 +61,16 @@ def run(args: argparse.Namespace) -> int:
             "computes nothing meaningful; use it to try the exporter only",
             file=sys.stderr,
         )
-    report = export_onnx(engine, args.output, batch=batch, precision=args.precision, opset=args.opset)
+    from tqdm import tqdm
+
+    with tqdm(total=3, unit="step", file=sys.stderr, leave=False) as bar:  # step k of 3 while it runs
+
+        def progress(name: str) -> None:
+            bar.set_description_str(f"agingrt export: {name}")
+            bar.update(1)
+
+        report = export_onnx(
+            engine, args.output, batch=batch, precision=args.precision, opset=args.opset, progress=progress
+        )
     print(report.summary())
     return 0
