@@ -163,13 +163,17 @@ def run_onnxruntime(path: Path, names: tuple[str, ...], inputs: tuple[torch.Tens
     return torch.from_numpy(out).float(), session.get_providers()[0]
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
+def _check_folder(path: Path) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    return folder
+
+
+def _temporary_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_check_folder(path))
     os.close(fd)
-    return folder, Path(tmp)
+    return Path(tmp)
 
 
 def export_onnx(
@@ -214,6 +218,7 @@ def export_onnx(
     if engine.device.type != "cpu" or engine.dtype != torch.float32:
         raise InputError("export_onnx needs an fp32 engine on the CPU: load(model, checkpoint, device='cpu')")
     target = Path(path)
+    _check_folder(target)  # before the (long) export
     step = progress or (lambda _name: None)
     step("building the graph")
     runner_options = FP16_RUNNER_OPTIONS.get(engine.adapter.name, {}) if precision == "fp16" else {}
@@ -226,7 +231,7 @@ def export_onnx(
         model_proto.metadata_props.add(key=key, value=value)
     model_proto.doc_string = f"pyagingrt {__version__}: {engine.adapter.title}, {precision} inference graph"
 
-    _, tmp = _atomic_target(target)
+    tmp = _temporary_beside(target)
     tolerance = FP32_TOLERANCE[engine.adapter.name] if precision == "fp32" else FP16_TOLERANCE
     report = ExportReport(
         target, engine.adapter.name, precision, batch, opset, sample.input_names, None, None, tolerance, None, metadata
