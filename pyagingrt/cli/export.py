@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis instead of a fixed one")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision (default: fp32)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip the onnxscript optimiser (much faster on big graphs such as PADA's unrolled DDIM loop; "
+        "ONNX Runtime optimises the graph when it loads it anyway)",
+    )
     p.add_argument("--dex", default=None, help="CUSP: DEX VGG-16 weights when the checkpoint has none")
     p.add_argument("--clip", default=None, help="PADA: CLIP directory (Hugging Face layout)")
     p.set_defaults(func=run)
@@ -70,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
 
         report = export_onnx(
-            engine, args.output, batch=batch, precision=args.precision, opset=args.opset, progress=progress
+            engine,
+            args.output,
+            batch=batch,
+            precision=args.precision,
+            opset=args.opset,
+            optimize=not args.no_optimize,
+            progress=progress,
         )
     print(report.summary())
     return 0
