@@ -88,7 +88,12 @@ def example_call(
 
 
 def build_graph(
-    engine: Engine, dtype: torch.dtype, batch: int, seed: int = 0, options: dict[str, Any] | None = None
+    engine: Engine,
+    dtype: torch.dtype,
+    batch: int,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+    runner_options: dict[str, Any] | None = None,
 ) -> GraphSample:
     """The model's inference graph in ``dtype`` on the CPU, example inputs of ``batch`` images, and the fp32 torch
     backend's output on the same call (same images, targets, options and seed).
@@ -99,10 +104,12 @@ def build_graph(
         batch: example batch size.
         seed: seed of the example images and of the model's own draws.
         options: model options (validated by the adapter; those in the runner's graph_key are fixed in the graph).
+        runner_options: keyword options of the model's runner (e.g. AgeFlow's ``stream_dtype``).
     """
     device = torch.device("cpu")
     pixels, targets, options = example_call(engine, batch, seed, options)
-    runner = runner_class(engine.adapter.name)(engine.adapter, engine.module, engine.config, device, dtype)
+    runner_cls = runner_class(engine.adapter.name)
+    runner = runner_cls(engine.adapter, engine.module, engine.config, device, dtype, **(runner_options or {}))
     runner.eval()
     with torch.no_grad():
         inputs = runner.prepare(pixels, targets, torch.Generator().manual_seed(seed), options)

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import InputError, NumericalError, OutputError
+from ..errors import AgingError, InputError, NumericalError, OutputError
+from ..ops.fake_kernels import symbolic_fake_kernels
 from .decompositions import custom_ops_in, decompose
 from .graphs import GraphSample, build_graph
 
@@ -33,6 +35,15 @@ MIN_OPSET = 18  # the dynamo exporter's translations target opset 18 and later
 FP32_TOLERANCE = {"acgan": 1e-4, "cusp": 1e-4, "ageflow": 1e-4, "pada": 1e-4}
 #: fp16 files are checked the same way, with this bound (a half-precision graph against the fp32 module).
 FP16_TOLERANCE = 5e-2
+
+
+#: Build-time runner options per model for an fp16 file. AgeFlow's fp16 engine widens its flow stream to float64
+#: by default (exact round trips), but ONNX Runtime has no float64 Conv on the CPU: the file keeps the fp32 stream.
+FP16_RUNNER_OPTIONS: dict[str, dict[str, Any]] = {"ageflow": {"stream_dtype": torch.float32}}
+
+
+class ExportError(AgingError):
+    """The exported file could not be checked (onnx.checker or ONNX Runtime refused it); nothing was written."""
 
 
 @dataclass
@@ -93,7 +104,9 @@ def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int, optim
     level = logger.level
     logger.setLevel(logging.ERROR)  # the exporter's notes (e.g. "torchvision is not installed") are not the user's
     try:
-        with warnings.catch_warnings():
+        # symbolic_fake_kernels: the ops' C++ Meta kernels would fix the batch axis to the example's, in
+        # torch.export and again when the decompositions re-trace the program
+        with warnings.catch_warnings(), symbolic_fake_kernels():
             # torch's own deprecation notes from inside torch.export / torch.onnx, not about the caller's code
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -150,13 +163,17 @@ def run_onnxruntime(path: Path, names: tuple[str, ...], inputs: tuple[torch.Tens
     return torch.from_numpy(out).float(), session.get_providers()[0]
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
+def _check_folder(path: Path) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    return folder
+
+
+def _temporary_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_check_folder(path))
     os.close(fd)
-    return folder, Path(tmp)
+    return Path(tmp)
 
 
 def export_onnx(
@@ -170,6 +187,7 @@ def export_onnx(
     seed: int = 0,
     options: dict[str, Any] | None = None,
     optimize: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export a loaded model's inference graph to ONNX and check it.
 
@@ -185,13 +203,14 @@ def export_onnx(
         seed: seed of the example inputs (and of the model's own draws: PADA noise, CUSP random noise).
         options: model options fixed into the graph (e.g. PADA ``steps``); default the model's defaults.
         optimize: run the onnxscript optimiser on the file (default on).
+        progress: called with the name of each step as it starts (the CLI's progress bar).
 
     Returns:
         An :class:`ExportReport` with the parity figures.
 
     Raises:
         InputError (bad arguments), NumericalError (parity outside the tolerance: nothing is written),
-        OutputError (unwritable path).
+        ExportError (onnx.checker or ONNX Runtime refused the file), OutputError (unwritable path).
     """
     import onnx
 
@@ -199,7 +218,12 @@ def export_onnx(
     if engine.device.type != "cpu" or engine.dtype != torch.float32:
         raise InputError("export_onnx needs an fp32 engine on the CPU: load(model, checkpoint, device='cpu')")
     target = Path(path)
-    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options)
+    _check_folder(target)  # before the (long) export
+    step = progress or (lambda _name: None)
+    step("building the graph")
+    runner_options = FP16_RUNNER_OPTIONS.get(engine.adapter.name, {}) if precision == "fp16" else {}
+    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options, runner_options)
+    step("exporting (torch.export, decompositions, ONNX translation)")
     model_proto = to_onnx_model(sample, dynamic_batch=batch is None, opset=opset, optimize=optimize)
     metadata = file_metadata(engine, sample, precision, batch, opset)
     del model_proto.metadata_props[:]
@@ -207,7 +231,7 @@ def export_onnx(
         model_proto.metadata_props.add(key=key, value=value)
     model_proto.doc_string = f"pyagingrt {__version__}: {engine.adapter.title}, {precision} inference graph"
 
-    _, tmp = _atomic_target(target)
+    tmp = _temporary_beside(target)
     tolerance = FP32_TOLERANCE[engine.adapter.name] if precision == "fp32" else FP16_TOLERANCE
     report = ExportReport(
         target, engine.adapter.name, precision, batch, opset, sample.input_names, None, None, tolerance, None, metadata
@@ -215,8 +239,15 @@ def export_onnx(
     try:
         onnx.save_model(model_proto, str(tmp))
         if check:
-            onnx.checker.check_model(str(tmp), full_check=True)
-            got, provider = run_onnxruntime(tmp, sample.input_names, sample.inputs)
+            step("checking (onnx.checker, ONNX Runtime parity)")
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+                got, provider = run_onnxruntime(tmp, sample.input_names, sample.inputs)
+            except Exception as exc:  # the checker's and ONNX Runtime's own exception types
+                raise ExportError(
+                    f"the exported {engine.adapter.name} {precision} file failed its check ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing written"
+                ) from exc
             with torch.no_grad():
                 graph_out = sample.graph(*sample.inputs).float()
             report.ort_provider = provider

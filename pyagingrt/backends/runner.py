@@ -11,7 +11,7 @@ two so the expensive half can be captured in a CUDA graph:
 
 The runner is an ``nn.Module``: its folded weights and tables are registered buffers, built once from the
 trained module. :meth:`NativeRunner.graph` gives, per ``graph_key(options)``, the model's **inference graph**: an
-:class:`InferenceGraph` whose ``forward`` takes only tensors (``graph_input_names(options)``, in that order) and
+:class:`InferenceGraph` whose ``forward`` takes only tensors (``graph.input_names``, in that order) and
 has no value-dependent Python control flow. The same graph is what the native backend captures in CUDA graphs,
 what ``torch.compile`` compiles, what ``torch.export`` traces and what ``agingrt export`` writes to ONNX
 (docs/export.md).

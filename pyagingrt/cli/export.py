@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import warnings
 
@@ -44,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis instead of a fixed one")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision (default: fp32)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip the onnxscript optimiser (much faster on big graphs such as PADA's unrolled DDIM loop; "
+        "ONNX Runtime optimises the graph when it loads it anyway)",
+    )
     p.add_argument("--dex", default=None, help="CUSP: DEX VGG-16 weights when the checkpoint has none")
     p.add_argument("--clip", default=None, help="PADA: CLIP directory (Hugging Face layout)")
     p.set_defaults(func=run)
@@ -53,12 +60,10 @@ def run(args: argparse.Namespace) -> int:
     import pyagingrt
     from pyagingrt.errors import InputError
 
-    try:
-        from pyagingrt.export.to_onnx import check_export_args, export_onnx
-    except ModuleNotFoundError as exc:  # onnx / onnxscript / onnxruntime missing
-        raise InputError(
-            f"agingrt export needs the export extra ({exc.name} is missing): pip install 'pyagingrt[export]'"
-        ) from None
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"agingrt export needs {', '.join(missing)}: pip install 'pyagingrt[export]'")
+    from pyagingrt.export.to_onnx import check_export_args, export_onnx
 
     if args.triton_repo is not None:
         if args.batch != 1:
@@ -78,7 +83,23 @@ def run(args: argparse.Namespace) -> int:
             "computes nothing meaningful; use it to try the exporter only",
             file=sys.stderr,
         )
-    report = export_onnx(engine, args.output, batch=batch, precision=args.precision, opset=args.opset)
+    from tqdm import tqdm
+
+    with tqdm(total=3, unit="step", file=sys.stderr, leave=False) as bar:  # step k of 3 while it runs
+
+        def progress(name: str) -> None:
+            bar.set_description_str(f"agingrt export: {name}")
+            bar.update(1)
+
+        report = export_onnx(
+            engine,
+            args.output,
+            batch=batch,
+            precision=args.precision,
+            opset=args.opset,
+            optimize=not args.no_optimize,
+            progress=progress,
+        )
     print(report.summary())
     return 0
 

@@ -62,3 +62,29 @@ def test_torch_compile_accepts_the_whole_graph(sample):
         got = compiled(*sample.inputs)
         want = sample.graph(*sample.inputs)
     assert torch.equal(got, want)
+
+
+def test_native_backend_runs_the_inference_graph_in_its_graph_cache():
+    """The function the native engine hands its CUDA-graph cache calls the runner's InferenceGraph module."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)
+        engine = pyagingrt.load("acgan", config="tiny", device="cpu", backend="native")
+    calls: list[InferenceGraph] = []
+
+    class RecordingCache:  # stands in for GraphCache (CUDA only): runs the captured function directly
+        def run(self, fn, tensors, key):
+            return fn(tensors)
+
+    engine.graphs = RecordingCache()
+    size = engine.input_size
+    pixels, targets, options = torch.rand(2, 3, size, size), torch.tensor([0, 3]), {}
+    inputs = engine.runner.prepare(pixels, targets, None, options)
+    graph = engine.runner.graph(options, inputs)
+    handle = graph.register_forward_hook(lambda module, args, out: calls.append(module))
+    try:
+        got = engine._run(pixels, targets, torch.Generator(), options)
+    finally:
+        handle.remove()
+    assert calls == [graph]
+    with torch.no_grad():
+        assert torch.equal(got, engine.runner.forward(inputs, options))

@@ -22,6 +22,7 @@ from pyagingrt.errors import InputError, NumericalError
 from pyagingrt.export import to_onnx
 from pyagingrt.export.graphs import INPUT_MEANINGS, build_graph
 from pyagingrt.export.to_onnx import export_onnx
+from pyagingrt.ops import group_norm_act
 
 FP32_TOL = 1e-4
 # PADA: one DDIM step keeps the unrolled loop small (the graph is the same code at any step count); the larger
@@ -90,6 +91,13 @@ def test_dynamic_batch_runs_other_batch_sizes(acgan, tmp_path):
         got = ort_run(path, sample.input_names, sample.inputs)
         assert got.shape[0] == batch
         assert float((got - sample.reference).abs().max()) <= FP32_TOL
+
+
+def test_meta_kernels_validate_again_after_a_dynamic_export(acgan, tmp_path):
+    """The symbolic fake kernels replace the ops' C++ Meta kernels only while the graph is traced."""
+    export_onnx(acgan, tmp_path / "acgan_dyn.onnx", batch=None, check=False)
+    with pytest.raises(ValueError, match="shift must be on the same device as x"):
+        group_norm_act(torch.zeros(2, 8, 4, 4), 8, torch.ones(8), torch.ones(8, device="meta"), impl="native")
 
 
 def test_fp16_file_runs_in_onnxruntime(acgan, tmp_path):
