@@ -1,4 +1,5 @@
-"""``agingrt bench``: time the models side by side (torch eager, torch.compile, native) on this machine."""
+"""``agingrt bench``: time the models side by side (torch eager, torch.compile and every other backend of the
+registry: native, onnxruntime, openvino) on this machine."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from ..benchmark import variants
 
 
 def _csv(text: str) -> list[str]:
@@ -15,7 +18,7 @@ def _csv(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="time the models: torch eager vs torch.compile vs native, same inputs, one run",
+        help="time the models: torch eager vs torch.compile vs the other backends, same inputs, one run",
         description="Time each model side by side on the same rotating random inputs (random weights: speed "
         "does not depend on them): ms per batch, images/s, achieved TFLOP/s, % of the GPU's dense fp16 peak, "
         "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
@@ -36,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backends",
         default=None,
-        help="comma list of eager,compile,native (default: eager,compile,native on a GPU; eager,native on CPU, "
-        "where torch.compile takes minutes)",
+        help=f"comma list of {','.join(variants())}: eager and compile are the torch backend without and with "
+        "torch.compile, the others the backends of that name (default: eager,compile,native on a GPU; "
+        "eager,native on CPU, where torch.compile takes minutes)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
