@@ -30,6 +30,9 @@ def _load() -> tuple[ModuleType | None, str | None]:
             f"pyagingrt._C was built against torch {built}, but torch {torch.__version__} is installed; "
             "an extension must be rebuilt for the torch that loads it"
         )
+    from .ops.fake_kernels import register
+
+    register()  # symbolic-shape fake kernels for tracing with a dynamic batch
     return _C, None
 
 

@@ -200,10 +200,10 @@ class NativeEngine(Engine):
             return self._run_eager(pixels, targets, generator, options)
         with torch.no_grad():
             inputs = self.runner.prepare(pixels.to(self.device), targets, generator, options)
-            tensors = {k: v for k, v in inputs.items() if isinstance(v, Tensor)}
-            extras = {k: v for k, v in inputs.items() if not isinstance(v, Tensor)}
+            graph = self.runner.graph(options, inputs)  # the model's inference graph (an nn.Module) for these options
+            names = graph.input_names
             return self.graphs.run(
-                lambda static: self.runner.forward({**static, **extras}, options),
-                tensors,
+                lambda static: graph(*(static[name] for name in names)),
+                {name: inputs[name] for name in names},
                 self.runner.graph_key(options),
             )

@@ -25,7 +25,10 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    parameters and statistics in fp32, ``channels_last`` on CUDA (cuDNN's NHWC tensor-core kernels).
 5. **Graph-safe forward**: ``prepare`` validates on the host and returns the [B, 3, S, S] images and [B]
    group indices; ``forward`` only launches device work (table gathers by index_select, no one_hot, no
-   syncs), so the whole generator is captured in one CUDA graph per batch bucket.
+   syncs), so the whole generator is captured in one CUDA graph per batch bucket. The runner is an
+   ``nn.Module`` (every folded weight a buffer) and ``runner.graph({}, inputs)`` is the inference graph
+   ``(images, groups) -> aged``, the one the native backend captures and ``agingrt export`` writes
+   (docs/export.md).
 
 Not done: the transposed convs stay conv_transpose2d. cuDNN and oneDNN compute them as the data gradient of
 a convolution, without zero insertion, so the four 2x2 phase convolutions of spec 9 item 6 would save no
@@ -34,7 +37,6 @@ FLOPs with library kernels; they pay off only in a custom kernel that also fuses
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,24 +49,26 @@ from ..training.models.acgan import Generator, ResidualBlock, mask_blend, tile_c
 from .runner import NativeRunner, check_target_indices
 
 
-@dataclass
-class _NormParams:
-    """An InstanceNorm's affine parameters, fp32, shaped [1, C, 1, 1] to broadcast over [B, C, H, W]."""
+class _NormParams(nn.Module):
+    """An InstanceNorm's affine parameters, fp32, shaped [1, C, 1, 1] to broadcast over [B, C, H, W] (buffers)."""
 
-    gamma: Tensor  # [1, C, 1, 1]
-    beta: Tensor  # [1, C, 1, 1]
-    eps: float
+    def __init__(self, gamma: Tensor, beta: Tensor, eps: float) -> None:
+        super().__init__()
+        self.register_buffer("gamma", gamma)  # [1, C, 1, 1]
+        self.register_buffer("beta", beta)  # [1, C, 1, 1]
+        self.eps = eps
 
 
-@dataclass
-class _ConvNorm:
-    """conv (or transposed conv) -> InstanceNorm -> ReLU; weight in the engine dtype and layout."""
+class _ConvNorm(nn.Module):
+    """conv (or transposed conv) -> InstanceNorm -> ReLU; weight (a buffer) in the engine dtype and layout."""
 
-    weight: Tensor  # conv [Cout, Cin, k, k]; transposed conv [Cin, Cout, k, k]
-    stride: int
-    padding: int
-    transposed: bool
-    norm: _NormParams
+    def __init__(self, weight: Tensor, stride: int, padding: int, transposed: bool, norm: _NormParams) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)  # conv [Cout, Cin, k, k]; transposed conv [Cin, Cout, k, k]
+        self.stride = stride
+        self.padding = padding
+        self.transposed = transposed
+        self.norm = norm
 
     def conv(self, h: Tensor) -> Tensor:
         if self.transposed:
@@ -164,29 +168,34 @@ class AcGANRunner(NativeRunner):
         pairs = [(m, layers[i + 1]) for i, m in enumerate(layers) if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
         stem_conv, stem_norm = pairs[0]  # the residual blocks' convs are not direct children of main
         stem_weight = stem_conv.weight  # [d, 3 + c_dim, 7, 7]
-        self.stem_weight = self._weight(stem_weight[:, :3] if self.split_stem else stem_weight)
-        self.stem_norm = _norm_params(stem_norm)
+        self.register_buffer("stem_weight", self._weight(stem_weight[:, :3] if self.split_stem else stem_weight))
+        self.stem_norm = self._norm(stem_norm)
         # Split stem: per-group response table [c_dim, d, S, S], kept fp32 and added in fp32 math.
         # 8-channel stem: one-hot rows gathered from an identity matrix (no data-dependent one_hot in forward).
-        self.responses = condition_responses(generator).to(self.device) if self.split_stem else None
-        self.eye = torch.eye(self.config.c_dim, device=self.device)  # [c_dim, c_dim]
-        self.encoder = [self._conv_norm(conv, norm) for conv, norm in pairs[1:] if isinstance(conv, nn.Conv2d)]
-        self.decoder = [self._conv_norm(conv, norm) for conv, norm in pairs[1:] if isinstance(conv, nn.ConvTranspose2d)]
-        self.blocks = [
-            (self._conv_norm(block.main[0], block.main[1]), self._conv_norm(block.main[3], block.main[4]))
+        self.register_buffer("responses", condition_responses(generator).to(self.device) if self.split_stem else None)
+        self.register_buffer("eye", torch.eye(self.config.c_dim, device=self.device))  # [c_dim, c_dim]
+        self.encoder = nn.ModuleList(self._conv_norm(c, n) for c, n in pairs[1:] if isinstance(c, nn.Conv2d))
+        self.decoder = nn.ModuleList(self._conv_norm(c, n) for c, n in pairs[1:] if isinstance(c, nn.ConvTranspose2d))
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                [self._conv_norm(block.main[0], block.main[1]), self._conv_norm(block.main[3], block.main[4])]
+            )
             for block in layers
             if isinstance(block, ResidualBlock)
-        ]
-        self.head_weight = self._weight(merged_head_weight(generator))  # [4, d, 7, 7]
+        )  # (first, second) pairs
+        self.register_buffer("head_weight", self._weight(merged_head_weight(generator)))  # [4, d, 7, 7]
+
+    def _norm(self, module: nn.Module) -> _NormParams:
+        params = _norm_params(module)
+        return _NormParams(params.gamma.to(self.device), params.beta.to(self.device), params.eps)
 
     def _conv_norm(self, conv: nn.Module, norm: nn.Module) -> _ConvNorm:
-        params = _norm_params(norm)
         return _ConvNorm(
             weight=self._weight(conv.weight),
             stride=int(conv.stride[0]),
             padding=int(conv.padding[0]),
             transposed=isinstance(conv, nn.ConvTranspose2d),
-            norm=_NormParams(params.gamma.to(self.device), params.beta.to(self.device), params.eps),
+            norm=self._norm(norm),
         )
 
     # --- the NativeRunner contract -------------------------------------------------------------------------

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,7 +72,7 @@ from ..ops import inv_conv1x1
 from ..training.layers.glow import ChannelAttention, FlowStep, ZeroConv2d, squeeze2d, unsqueeze2d
 from ..training.layers.inv_conv1x1 import FoldedInvConv1x1, fold_actnorm_inv_conv1x1
 from ..training.models.ageflow import AgeFlow, AgeFlowConfig, postprocess_output, quantize_input
-from .runner import NativeRunner, check_target_indices
+from .runner import NativeRunner, Tensors, check_target_indices
 
 
 # --- folding (build time, float64) --------------------------------------------------------------------------
@@ -112,34 +111,61 @@ def fold_zero_conv(zero_conv: ZeroConv2d, height: int, width: int) -> tuple[Tens
     return weight, border_bias_map(weight, bias, height, width)
 
 
-@dataclass
-class FoldedCoupling:
+class FoldedAffine(nn.Module):
+    """ActNorm + invertible 1x1 conv folded into one affine per direction (buffers, in the stream dtype)."""
+
+    def __init__(self, folded: FoldedInvConv1x1) -> None:
+        super().__init__()
+        self.register_buffer("weight", folded.weight)  # [C, C]  W' = W diag(s)
+        self.register_buffer("bias", folded.bias)  # [C]     b' = W (s * loc)
+        self.register_buffer("weight_inv", folded.weight_inv)  # [C, C]  W'^-1
+        self.register_buffer("bias_inv", folded.bias_inv)  # [C]     -loc
+        self.logdet_per_pixel = folded.logdet_per_pixel
+
+
+class FoldedCoupling(nn.Module):
     """One coupling network NN, folded. Hidden convs in the net dtype; ``bias_map`` in the stream dtype."""
 
-    w0: Tensor  # [h, C/2, 3, 3]  first conv (zero padding 1)
-    b0: Tensor  # [h]
-    w1: Tensor  # [h, h, 1, 1]    hidden 1x1
-    b1: Tensor  # [h]
-    w2: Tensor  # [C/2, h, 3, 3]  zero conv weight * exp(3 scale), run with zero padding
-    bias_map: Tensor  # [1, C/2, H, W]  folded zero-conv bias + 1-padding frame term
-    attention: tuple[Tensor, Tensor, Tensor, Tensor] | None  # fc1 [r, h], [r]; fc2 [h, r], [h] (T only)
-    channels_last: bool
+    def __init__(
+        self,
+        w0: Tensor,
+        b0: Tensor,
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+        bias_map: Tensor,
+        attention: tuple[Tensor, Tensor, Tensor, Tensor] | None,
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("w0", w0)  # [h, C/2, 3, 3]  first conv (zero padding 1)
+        self.register_buffer("b0", b0)  # [h]
+        self.register_buffer("w1", w1)  # [h, h, 1, 1]    hidden 1x1
+        self.register_buffer("b1", b1)  # [h]
+        self.register_buffer("w2", w2)  # [C/2, h, 3, 3]  zero conv weight * exp(3 scale), run with zero padding
+        self.register_buffer("bias_map", bias_map)  # [1, C/2, H, W]  folded zero-conv bias + 1-padding frame term
+        # fc1 [r, h], [r]; fc2 [h, r], [h] (T only)
+        self.attention = None if attention is None else Tensors(*attention)
+        self.channels_last = channels_last
 
 
-@dataclass
-class FoldedStep:
+class FoldedStep(nn.Module):
     """One flow step: the folded ActNorm + 1x1 affine (both directions) and the coupling network."""
 
-    affine: FoldedInvConv1x1  # weight, bias (forward) and weight_inv, bias_inv (inverse), stream dtype
-    net: FoldedCoupling
+    def __init__(self, affine: FoldedAffine, net: FoldedCoupling) -> None:
+        super().__init__()
+        self.affine = affine  # weight, bias (forward) and weight_inv, bias_inv (inverse), stream dtype
+        self.net = net
 
 
-@dataclass
-class FoldedLevel:
+class FoldedLevel(nn.Module):
     """One level of G: its steps and, on split levels, the folded split prior (used by ``eps`` mode only)."""
 
-    steps: list[FoldedStep]
-    prior: tuple[Tensor, Tensor] | None  # weight [C, C/2, 3, 3], bias_map [1, C, h, w]; stream dtype
+    def __init__(self, steps: list[FoldedStep], prior: tuple[Tensor, Tensor] | None) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+        # weight [C, C/2, 3, 3], bias_map [1, C, h, w]; stream dtype
+        self.prior = None if prior is None else Tensors(*prior)
 
 
 def fold_flow_step(
@@ -162,8 +188,10 @@ def fold_flow_step(
     else:  # T: no ActNorm, the identity affine
         loc, scale = torch.zeros_like(weight[0]), torch.ones_like(weight[0])  # [C] each
     a = fold_actnorm_inv_conv1x1(loc, scale, weight, dtype=stream_dtype)
-    affine = FoldedInvConv1x1(
-        *(t.to(device).contiguous() for t in (a.weight, a.bias, a.weight_inv, a.bias_inv)), a.logdet_per_pixel
+    affine = FoldedAffine(
+        FoldedInvConv1x1(
+            *(t.to(device).contiguous() for t in (a.weight, a.bias, a.weight_inv, a.bias_inv)), a.logdet_per_pixel
+        )
     )
     layout = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -314,11 +342,12 @@ class AgeFlowRunner(NativeRunner):
             raise InputError(f"AgeFlowRunner stream_dtype must be torch.float32 or torch.float64, got {stream_dtype}")
         with torch.no_grad():
             self._build(module)
+        self.register_tensors()  # the prior table becomes a buffer: the runner is the inference graph's module
 
     # --- build ---------------------------------------------------------------------------------------------
     def _build(self, model: AgeFlow) -> None:
         config, stream = self.config, self.stream_dtype
-        self.levels: list[FoldedLevel] = []
+        self.levels = nn.ModuleList()  # FoldedLevel per level of G
         for l, block in enumerate(model.flow.blocks):
             side = config.image_size >> (l + 1)
             steps = [
@@ -339,12 +368,12 @@ class AgeFlowRunner(NativeRunner):
             self.levels.append(FoldedLevel(steps, prior))
         # T stays fp32 (spec 9: "all of T stays fp32"), NCHW (4x4 maps).
         t_dtype = self.ictm_dtype
-        self.ictm = [
+        self.ictm = nn.ModuleList(
             fold_flow_step(
                 flow, config.top_size, net_dtype=t_dtype, stream_dtype=t_dtype, channels_last=False, device=self.device
             )
             for flow in model.ictm.flows
-        ]
+        )
         c, s = config.top_channels, config.top_size
         table = model.prior.linear.weight.detach().T.reshape(config.groups, 2, c, s, s)  # [n, 2, C_top, s, s]
         self.prior_table = table.to(self.device, t_dtype).contiguous()
@@ -452,6 +481,7 @@ class AgeFlowRunner(NativeRunner):
 
 __all__ = [
     "AgeFlowRunner",
+    "FoldedAffine",
     "FoldedCoupling",
     "FoldedLevel",
     "FoldedStep",

@@ -55,7 +55,6 @@ multiples of 16 (optional in the spec; not measurable without a GPU).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,7 +67,7 @@ from ..ops.guided_backprop_mask import guided_relu_backward as _guided_relu_back
 from ..ops.masked_gaussian_blur import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
 from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, normalize_2nd_moment, upsample2d
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
-from .runner import NativeRunner, check_target_indices
+from .runner import NativeRunner, Tensors, check_target_indices
 
 DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (modulated_conv2d's default)
 NOISE_MODES = ("const", "random", "none")
@@ -139,26 +138,40 @@ def modconv_weight_scale(weight: Tensor) -> Tensor:
     return 1.0 / (math.sqrt(fan_in) * weight.flatten(1).abs().amax(dim=1).clamp_min(1e-30))  # [O]
 
 
-@dataclass
-class _ModConv:
+class _ModConv(nn.Module):
     """One decoder conv: weight (scaled by c, engine dtype), Q and 1/c (fp32), bias map for 'const' noise."""
 
-    weight: Tensor  # conv1: [O, I, 3, 3]; conv0: [I, O, 3, 3] (conv_transpose2d layout)
-    q: Tensor  # [O, I] fp32, sum_k W^2 of the unscaled weight
-    inv_scale: Tensor  # [O] fp32, 1 / c_o
-    noise_const: Tensor  # [R, R] fp32, noise_const * strength
-    strength: Tensor  # [] fp32
-    clamp: float | None
+    def __init__(
+        self, weight: Tensor, q: Tensor, inv_scale: Tensor, noise_const: Tensor, strength: Tensor, clamp: float | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)  # conv1: [O, I, 3, 3]; conv0: [I, O, 3, 3] (conv_transpose2d layout)
+        self.register_buffer("q", q)  # [O, I] fp32, sum_k W^2 of the unscaled weight
+        self.register_buffer("inv_scale", inv_scale)  # [O] fp32, 1 / c_o
+        self.register_buffer("noise_const", noise_const)  # [R, R] fp32, noise_const * strength
+        self.register_buffer("strength", strength)  # [] fp32
+        self.clamp = clamp
 
 
-@dataclass
-class _Block:
-    resolution: int
-    conv0: _ModConv
-    conv1: _ModConv
-    rgb_weight: Tensor  # [3, O, 1, 1] engine dtype
-    rgb_bias: Tensor  # [3] fp32
-    rgb_clamp: float | None
+class _Block(nn.Module):
+    """One decoder block: its two modulated convs and the toRGB layer."""
+
+    def __init__(
+        self,
+        resolution: int,
+        conv0: _ModConv,
+        conv1: _ModConv,
+        rgb_weight: Tensor,
+        rgb_bias: Tensor,
+        rgb_clamp: float | None,
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.conv0 = conv0
+        self.conv1 = conv1
+        self.register_buffer("rgb_weight", rgb_weight)  # [3, O, 1, 1] engine dtype
+        self.register_buffer("rgb_bias", rgb_bias)  # [3] fp32
+        self.rgb_clamp = rgb_clamp
 
 
 class CUSPRunner(NativeRunner):
@@ -185,6 +198,7 @@ class CUSPRunner(NativeRunner):
         self._make_noise = module.make_noise  # the model's own per-seed noise order (spec 2.2)
         with torch.no_grad():
             self._build(module)
+        self.register_tensors()  # the folded tensors become buffers: the runner is the inference graph's module
 
     # --- build ---------------------------------------------------------------------------------------------
     def _dev(self, t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -201,30 +215,32 @@ class CUSPRunner(NativeRunner):
         # rewrite 5: the two encoders' first layers stacked
         enc_c, enc_s = model.content_enc, model.style_enc
         first_c, first_s = enc_c.conv0, enc_s.conv0
-        self.enc_first = (
+        self.enc_first = Tensors(
             self._weight(torch.cat([first_c.weight * first_c.weight_gain, first_s.weight * first_s.weight_gain])),
             self._dev(torch.cat([first_c.bias, first_s.bias]), self.dtype),
         )
         self.enc_split = first_c.weight.shape[0]
 
-        def enc_layers(enc: nn.Module) -> list[tuple[Tensor, Tensor]]:
+        def enc_layers(enc: nn.Module) -> nn.ModuleList:  # (weight, bias) per layer
             layers = [getattr(enc, f"conv{i}") for i in range(1, enc.num_layers)]
-            return [(self._weight(c.weight * c.weight_gain), self._dev(c.bias, self.dtype)) for c in layers]
+            return nn.ModuleList(
+                Tensors(self._weight(c.weight * c.weight_gain), self._dev(c.bias, self.dtype)) for c in layers
+            )
 
         self.content_layers, self.style_layers = enc_layers(enc_c), enc_layers(enc_s)
         # mapping: fp32 weights with the lr gains applied (the model multiplies them on every call)
-        self.style_fcs = [
-            (self._dev(fc.weight * fc.weight_gain), self._dev(fc.bias * fc.bias_gain))
+        self.style_fcs = nn.ModuleList(
+            Tensors(self._dev(fc.weight * fc.weight_gain), self._dev(fc.bias * fc.bias_gain))
             for fc in (getattr(model.style_map, f"fc{i}") for i in range(model.style_map.num_layers))
-        ]
+        )
         # rewrites 1 and 2
         _, s0, d0 = age_tables(model)  # w_a itself is only needed through the conv0 styles it yields
-        self.s0_tables = [self._dev(s) for s in s0]  # [A, I_i] each
-        self.d0_tables = [self._dev(d) for d in d0]  # [A, O_i] each
+        self.s0_tables = Tensors(*(self._dev(s) for s in s0))  # [A, I_i] each
+        self.d0_tables = Tensors(*(self._dev(d) for d in d0))  # [A, O_i] each
         weight, bias, self.style_sizes = stacked_style_affine(model)
         self.style_weight, self.style_bias = self._dev(weight), self._dev(bias)  # [sum I, w_dim], [sum I]
         # rewrites 3 and 4
-        self.blocks = [self._block(getattr(model.image_dec, f"b{res}")) for res in cfg.block_resolutions]
+        self.blocks = nn.ModuleList(self._block(getattr(model.image_dec, f"b{res}")) for res in cfg.block_resolutions)
         self.skip_block = model.image_dec.skip_block
         self._build_dex(model)
 
@@ -258,18 +274,20 @@ class CUSPRunner(NativeRunner):
         perm = [2, 1, 0]  # BGR <-> RGB, its own inverse
         # u_bgr[k] = x[perm[k]] - mean[k]: in RGB order channel j subtracts mean[perm[j]]
         self.dex_mean = self._dev(dex.mean.flatten()[perm]).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self.dex_groups: list[list[tuple[Tensor, Tensor]]] = []
+        self.dex_groups = nn.ModuleList()  # per pool: (weight, bias) per conv
         index = 0
         for widths in dex.config.conv_channels:
-            group = []
+            group = nn.ModuleList()
             for _ in widths:
                 conv = getattr(dex, dex.conv_names[index])
                 weight = conv.weight[:, perm] if index == 0 else conv.weight  # [O, I, 3, 3]; swap folded in
-                group.append((self._weight(weight), self._dev(conv.bias, self.dtype)))
+                group.append(Tensors(self._weight(weight), self._dev(conv.bias, self.dtype)))
                 index += 1
             self.dex_groups.append(group)
-        self.dex_fcs = [(self._dev(fc.weight, self.dtype), self._dev(fc.bias, self.dtype)) for fc in (dex.fc6, dex.fc7)]
-        self.fc8 = (self._dev(dex.fc8_101.weight, self.dtype), self._dev(dex.fc8_101.bias, self.dtype))
+        self.dex_fcs = nn.ModuleList(
+            Tensors(self._dev(fc.weight, self.dtype), self._dev(fc.bias, self.dtype)) for fc in (dex.fc6, dex.fc7)
+        )
+        self.fc8 = Tensors(self._dev(dex.fc8_101.weight, self.dtype), self._dev(dex.fc8_101.bias, self.dtype))
         self.seed_all = self._dev(dex.fc8_101.weight.double().sum(dim=0), self.dtype)  # [fc]: ones @ W8
         resize = cfg.resolution != self.dex_res
         self.resize = self._dev(resize_matrix(cfg.resolution, self.dex_res)) if resize else None  # [r, H]

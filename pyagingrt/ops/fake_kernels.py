@@ -1,0 +1,74 @@
+"""Python fake (shape-only) kernels of the custom ops, for tracing with a symbolic batch axis.
+
+Every op keeps its C++ Meta kernel (``csrc/ops/*.cpp``), which FakeTensor uses when shapes are concrete. Those
+kernels read sizes as plain integers, so tracing with a dynamic batch (``torch.export`` with ``Dim``,
+``torch.compile(dynamic=True)``) would specialise the batch to the example's. The kernels here compute the same
+output shapes, dtypes and memory formats from symbolic sizes; they are registered over the Meta kernels'
+fake role once the extension loads (:func:`register`), and never run real arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _like(x: Tensor) -> Tensor:
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else None
+    return torch.empty_like(x, memory_format=fmt or torch.contiguous_format)
+
+
+def _mask_like(grad: Tensor) -> Tensor:
+    dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return grad.new_empty((grad.shape[0], 1, grad.shape[2], grad.shape[3]), dtype=dtype)
+
+
+def _group_norm_act(x, groups, scale, shift, eps=1e-5, act="none"):
+    return _like(x)
+
+
+def _inv_conv1x1(x, weight, bias=None):
+    return _like(x)
+
+
+def _ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, clip=True):
+    return torch.empty_like(x_t, memory_format=torch.contiguous_format)
+
+
+def _guided_relu_backward(grad_out, act):
+    return torch.empty_like(grad_out)
+
+
+def _guided_backprop_mask(grad, kernel_size, sigma):
+    return _mask_like(grad)
+
+
+def _guided_backprop_mask_with_taps(grad, taps):
+    return _mask_like(grad)
+
+
+def _masked_gaussian_blur_with_taps(features, mask, taps, flags):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+def _masked_gaussian_blur(features, mask, sigma_m, sigma_g, kernel_size):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+KERNELS = {
+    "group_norm_act": _group_norm_act,
+    "inv_conv1x1": _inv_conv1x1,
+    "ddim_step": _ddim_step,
+    "guided_relu_backward": _guided_relu_backward,
+    "guided_backprop_mask": _guided_backprop_mask,
+    "guided_backprop_mask_with_taps": _guided_backprop_mask_with_taps,
+    "masked_gaussian_blur_with_taps": _masked_gaussian_blur_with_taps,
+    "masked_gaussian_blur": _masked_gaussian_blur,
+}
+
+
+def register() -> None:
+    """Register the fake kernels of the ops the loaded extension defines (call once, after loading it)."""
+    for name, kernel in KERNELS.items():
+        if hasattr(torch.ops.agingrt, name):
+            torch.library.register_fake(f"agingrt::{name}", kernel, allow_override=True)
