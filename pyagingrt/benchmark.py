@@ -205,6 +205,13 @@ def _profile_variant(
     return profile_calls(calls, engine.device, options, _profile_stem(r, bypass), title=title, note=note)
 
 
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"openvino:bf16"`` -> ("openvino", "bf16"): a variant may carry its own precision, which replaces the
+    run's precision list for it (e.g. one bf16 row beside fp32 ones); ``"native"`` -> ("native", None)."""
+    name, _, precision = spec.partition(":")
+    return name, precision or None
+
+
 def run_bench(
     models: Sequence[str],
     batches: Sequence[int],
@@ -220,7 +227,7 @@ def run_bench(
 ) -> list[BenchResult]:
     known = variants()
     for v in variant_names:
-        if v not in known:
+        if split_variant(v)[0] not in known:
             raise InputError(f"unknown backend variant {v!r}; choose from {', '.join(known)}")
     if profile is not None:
         if profile.iters < 1:
@@ -229,8 +236,9 @@ def run_bench(
     results = []
     for model in models:
         for batch in batches:
-            for variant in variant_names:
-                for precision in precisions:
+            for spec in variant_names:
+                variant, own_precision = split_variant(spec)
+                for precision in [own_precision] if own_precision else precisions:
                     r = bench_one(
                         model, config, variant, precision, batch, device, warmup=warmup, iters=iters, profile=profile
                     )

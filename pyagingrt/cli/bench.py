@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backends",
         default=None,
         help=f"comma list of {','.join(variants())}: eager and compile are the torch backend without and with "
-        "torch.compile, the others the backends of that name (default: eager,compile,native on a GPU; "
-        "eager,native on CPU, where torch.compile takes minutes)",
+        "torch.compile, the others the backends of that name; NAME:PRECISION times that variant in that precision "
+        "only, e.g. openvino:bf16 (default: eager,compile,native on a GPU; eager,native on CPU, where "
+        "torch.compile takes minutes)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
@@ -109,9 +110,15 @@ def run(args: argparse.Namespace) -> int:
     where = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"agingrt bench on {where}, torch {torch.__version__}; random weights (speed does not depend on them)")
 
+    command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    done = []
+
     def progress(r) -> None:
         state = r.error or f"{r.ms_per_batch:.3f} ms"
         print(f"  {r.model} {r.variant} {r.precision} batch {r.batch}: {state}", file=sys.stderr, flush=True)
+        done.append(r)
+        if args.json:  # after every variant, so an interrupted run keeps what it measured
+            write_json(done, args.json, command)
 
     results = run_bench(
         models,
@@ -134,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
                 print(format_summary(label, r.profile))
             elif r.error is None:
                 print(f"  {label}: not profiled: {r.profile_error}")
-    command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if args.json:
         print(f"wrote {write_json(results, args.json, command)}")
     if args.plot:
