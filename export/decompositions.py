@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.ddim_step import ddim_step
 from ..ops.group_norm_act import group_norm_act
 from ..ops.guided_backprop_mask import guided_backprop_mask, guided_backprop_mask_with_taps, guided_relu_backward
 from ..ops.inv_conv1x1 import inv_conv1x1
-from ..ops.masked_gaussian_blur import masked_gaussian_blur_with_taps
+from ..ops.masked_gaussian_blur import FLAG_G_IDENTITY, FLAG_M_IDENTITY, FLAG_SAME, tap_dtype
 
 
 def _group_norm_act(
@@ -48,8 +49,30 @@ def _guided_backprop_mask_with_taps(grad: Tensor, taps: Tensor) -> Tensor:
     return guided_backprop_mask_with_taps(grad, taps, impl="torch")
 
 
+def per_sample_blur(x: Tensor, taps: Tensor) -> Tensor:
+    """Separable zero-padded blur of x [B, C, H, W] with per-sample taps [B, K]: rows then columns, each a sum of K
+    shifted, scaled copies. The op wrappers' torch form runs a grouped conv with B*C groups instead, but ONNX needs
+    a conv's group count to be a constant, which a dynamic batch axis would not give; this form has no such axis."""
+    kernel = taps.shape[1]
+    pad = (kernel - 1) // 2
+    height, width = x.shape[2], x.shape[3]
+    weight = taps.to(x.dtype)[:, :, None, None, None]  # [B, K, 1, 1, 1]
+    padded = F.pad(x, (pad, pad, 0, 0))  # [B, C, H, W + 2 pad]
+    rows = sum(weight[:, i] * padded[:, :, :, i : i + width] for i in range(kernel))  # [B, C, H, W]
+    padded = F.pad(rows, (0, 0, pad, pad))  # [B, C, H + 2 pad, W]
+    return sum(weight[:, i] * padded[:, :, i : i + height, :] for i in range(kernel))  # [B, C, H, W]
+
+
 def _masked_gaussian_blur_with_taps(features: Tensor, mask: Tensor, taps: Tensor, flags: Tensor) -> Tensor:
-    return masked_gaussian_blur_with_taps(features, mask, taps, flags, impl="torch")
+    """The wrapper's torch form (flags applied with ``torch.where``) with :func:`per_sample_blur` as the blur."""
+    work = tap_dtype(features.dtype)
+    f = features.to(work)  # [B, C, H, W]
+    m = mask.to(work)  # [B, 1, H, W]
+    bits = flags.to(torch.int32)[:, None, None, None]  # [B, 1, 1, 1]
+    blurred_g = torch.where((bits & FLAG_G_IDENTITY) != 0, f, per_sample_blur(f, taps[:, 1]))  # [B, C, H, W]
+    blurred_m = torch.where((bits & FLAG_M_IDENTITY) != 0, f, per_sample_blur(f, taps[:, 0]))  # [B, C, H, W]
+    out = torch.where((bits & FLAG_SAME) != 0, blurred_g, m * blurred_m + (1 - m) * blurred_g)  # [B, C, H, W]
+    return out.to(features.dtype)
 
 
 _FORMS: dict[str, Callable[..., Tensor]] = {
@@ -77,10 +100,10 @@ def decomposition_table() -> dict[torch._ops.OpOverload, Callable[..., Tensor]]:
 
 
 def decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """The program with every custom op replaced by its standard-op form (and the default ATen decompositions)."""
-    table = torch.export.default_decompositions()
-    table.update(decomposition_table())
-    return program.run_decompositions(table)
+    """The program with every custom op replaced by its standard-op form; other ops are left for the ONNX
+    exporter's own decomposition pass (a table with only these entries decomposes nothing else)."""
+    table = decomposition_table()
+    return program.run_decompositions(table) if table else program
 
 
 def custom_ops_in(program: torch.export.ExportedProgram) -> list[str]:

@@ -73,8 +73,10 @@ def _describe(name: str, t: Tensor) -> str:
     return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
 
 
-def example_call(engine: Engine, batch: int, seed: int = 0) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Random images in [0, 1], one target per image (cycling through the groups) and the default options."""
+def example_call(
+    engine: Engine, batch: int, seed: int = 0, options: dict[str, Any] | None = None
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Random images in [0, 1], one target per image (cycling through the groups) and the validated options."""
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     size = engine.input_size
@@ -82,11 +84,12 @@ def example_call(engine: Engine, batch: int, seed: int = 0) -> tuple[Tensor, Ten
     groups = engine.age_groups
     ages = torch.tensor([groups[i % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64)
     targets = engine.adapter.validate_ages(engine.config, ages)  # [B]
-    options = engine.adapter.validate_options(engine.config, batch, {})
-    return pixels, targets, options
+    return pixels, targets, engine.adapter.validate_options(engine.config, batch, dict(options or {}))
 
 
-def build_graph(engine: Engine, dtype: torch.dtype, batch: int, seed: int = 0) -> GraphSample:
+def build_graph(
+    engine: Engine, dtype: torch.dtype, batch: int, seed: int = 0, options: dict[str, Any] | None = None
+) -> GraphSample:
     """The model's inference graph in ``dtype`` on the CPU, example inputs of ``batch`` images, and the fp32 torch
     backend's output on the same call (same images, targets, options and seed).
 
@@ -94,9 +97,11 @@ def build_graph(engine: Engine, dtype: torch.dtype, batch: int, seed: int = 0) -
         engine: an fp32 torch-backend engine on the CPU (its module is the master copy the runner folds).
         dtype: the graph's compute dtype (torch.float32 or torch.float16).
         batch: example batch size.
+        seed: seed of the example images and of the model's own draws.
+        options: model options (validated by the adapter; those in the runner's graph_key are fixed in the graph).
     """
     device = torch.device("cpu")
-    pixels, targets, options = example_call(engine, batch, seed)
+    pixels, targets, options = example_call(engine, batch, seed, options)
     runner = runner_class(engine.adapter.name)(engine.adapter, engine.module, engine.config, device, dtype)
     runner.eval()
     with torch.no_grad():

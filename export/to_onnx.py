@@ -22,6 +22,7 @@ import torch
 
 from .._version import __version__
 from ..errors import InputError, NumericalError, OutputError
+from ..ops.fake_kernels import symbolic_fake_kernels
 from .decompositions import custom_ops_in, decompose
 from .graphs import GraphSample, build_graph
 
@@ -86,18 +87,23 @@ def export_program(sample: GraphSample, dynamic_batch: bool) -> torch.export.Exp
         return torch.export.export(sample.graph, sample.inputs, dynamic_shapes=dynamic_shapes, strict=False)
 
 
-def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int) -> Any:
-    """The sample's graph as an ``onnx.ModelProto`` of standard operators only."""
-    program = decompose(export_program(sample, dynamic_batch))
-    left = custom_ops_in(program)
-    if left:
-        raise NumericalError(f"no standard-op form for the custom op(s) {', '.join(left)}: cannot export")
+def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int, optimize: bool = True) -> Any:
+    """The sample's graph as an ``onnx.ModelProto`` of standard operators only (``optimize``: the onnxscript
+    optimiser's constant folding and cleanup; slow on large graphs, and ONNX Runtime optimises at load anyway)."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the exporter's notes (e.g. "torchvision is not installed") are not the user's
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # symbolic_fake_kernels: the ops' C++ Meta kernels would fix the batch axis to the example's, in
+        # torch.export and again when the decompositions re-trace the program
+        with warnings.catch_warnings(), symbolic_fake_kernels():
+            # torch's own deprecation notes from inside torch.export / torch.onnx, not about the caller's code
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = decompose(export_program(sample, dynamic_batch))
+            left = custom_ops_in(program)
+            if left:
+                raise NumericalError(f"no standard-op form for the custom op(s) {', '.join(left)}: cannot export")
             onnx_program = torch.onnx.export(
                 program,
                 sample.inputs,
@@ -105,7 +111,7 @@ def to_onnx_model(sample: GraphSample, *, dynamic_batch: bool, opset: int) -> An
                 opset_version=opset,
                 input_names=list(sample.input_names),
                 output_names=["aged"],
-                optimize=True,
+                optimize=optimize,
                 verbose=False,
             )
     finally:
@@ -165,6 +171,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     seed: int = 0,
+    options: dict[str, Any] | None = None,
+    optimize: bool = True,
 ) -> ExportReport:
     """Export a loaded model's inference graph to ONNX and check it.
 
@@ -178,6 +186,8 @@ def export_onnx(
         opset: ONNX opset (>= 18).
         check: run ``onnx.checker`` and the ONNX Runtime parity check (always on in the CLI).
         seed: seed of the example inputs (and of the model's own draws: PADA noise, CUSP random noise).
+        options: model options fixed into the graph (e.g. PADA ``steps``); default the model's defaults.
+        optimize: run the onnxscript optimiser on the file (default on).
 
     Returns:
         An :class:`ExportReport` with the parity figures.
@@ -192,8 +202,8 @@ def export_onnx(
     if engine.device.type != "cpu" or engine.dtype != torch.float32:
         raise InputError("export_onnx needs an fp32 engine on the CPU: load(model, checkpoint, device='cpu')")
     target = Path(path)
-    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed)
-    model_proto = to_onnx_model(sample, dynamic_batch=batch is None, opset=opset)
+    sample = build_graph(engine, dtype, 2 if batch is None else batch, seed, options)
+    model_proto = to_onnx_model(sample, dynamic_batch=batch is None, opset=opset, optimize=optimize)
     metadata = file_metadata(engine, sample, precision, batch, opset)
     del model_proto.metadata_props[:]
     for key, value in metadata.items():

@@ -11,6 +11,8 @@ import functools
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from .errors import NativeExtensionError
 
 BUILD_COMMAND = "pip install --no-build-isolation -e .   (from the repository root, with torch installed first)"
@@ -30,12 +32,10 @@ def _load() -> tuple[ModuleType | None, str | None]:
             f"pyagingrt._C was built against torch {built}, but torch {torch.__version__} is installed; "
             "an extension must be rebuilt for the torch that loads it"
         )
-    from .ops.fake_kernels import register
-
-    register()  # symbolic-shape fake kernels for tracing with a dynamic batch
     return _C, None
 
 
+@torch.compiler.assume_constant_result  # a fixed fact of the process: torch.compile traces no import or file read
 def has_native() -> bool:
     """True when the compiled extension is importable and matches the installed torch."""
     return _load()[0] is not None

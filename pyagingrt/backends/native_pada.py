@@ -260,6 +260,7 @@ class PADARunner(NativeRunner):
         self.ddim_impl = "native" if has_native() else "torch"
         with torch.no_grad():
             self._build(module)
+        self.register_tensors()  # the condition weights become buffers: the runner is the inference graph's module
 
     # --- build ---------------------------------------------------------------------------------------------
     def _build(self, module: PADA) -> None:
@@ -267,12 +268,12 @@ class PADARunner(NativeRunner):
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.module.eval().requires_grad_(False)
-        # The GN affines the runner applies itself (in_layers, attention, out), in the accumulation dtype once.
-        self.norm_affine = {
-            id(m): (m.weight.detach().to(self.acc), m.bias.detach().to(self.acc))  # [C] each
-            for m in self.module.modules()
-            if isinstance(m, nn.GroupNorm) and m.affine
-        }
+        # The GN affines the runner applies itself (in_layers, attention, out), in the accumulation dtype once,
+        # held as buffers of the runner's copy of each GroupNorm.
+        for m in self.module.modules():
+            if isinstance(m, nn.GroupNorm) and m.affine:
+                m.register_buffer("acc_weight", m.weight.detach().to(self.acc))  # [C]
+                m.register_buffer("acc_bias", m.bias.detach().to(self.acc))  # [C]
         self.master_blocks = conditioned_resblocks(module.diffae)
         self.blocks = conditioned_resblocks(self.module)
         self.slots = {
@@ -282,12 +283,10 @@ class PADARunner(NativeRunner):
         weight, bias = condition_weights(self.master_blocks)
         self.cond_weight = weight.to(self.device, self.acc)  # [sum C, Z]
         self.cond_bias = bias.to(self.device, self.acc)  # [sum C]
-        self.phases = {
-            id(block): phase_weights(block.in_layers[2].weight.to(self.acc)).to(self.dtype)  # [2, 2, Co, Ci, 2, 2]
-            for block in self.blocks
-            if block.up and self.phase_up
-        }
-        self.tables: dict[int, TimeTable] = {}
+        for block in self.blocks:  # rewrite 4's kernels, a buffer of the runner's copy of each up-block
+            phases = phase_weights(block.in_layers[2].weight.to(self.acc)).to(self.dtype) if self.phase_up else None
+            block.register_buffer("up_phases", phases if block.up else None)  # [2, 2, Co, Ci, 2, 2]
+        self._schedules: dict[int, DDIMSchedule] = {}  # by steps; their tables are buffers (time_table)
         self.table(self.config.steps)
         self.prompt_table: dict[tuple[int, str], Tensor] = {}
         self.prompt_clip: object | None = None
@@ -298,10 +297,22 @@ class PADARunner(NativeRunner):
 
     def table(self, steps: int) -> TimeTable:
         """The hoisted time table of a ``steps``-step schedule, built on first use (host side only)."""
-        if steps not in self.tables:
+        if steps not in self._schedules:
             table = time_table(self.master.diffae, self.master_blocks, DDIMSchedule.diffae(steps))
-            self.tables[steps] = TimeTable(table.schedule, table.gain.to(self.acc), table.shift.to(self.acc))
-        return self.tables[steps]
+            self.register_buffer(f"time_gain_{steps}", table.gain.to(self.acc))  # [T, sum C]
+            self.register_buffer(f"time_shift_{steps}", table.shift.to(self.acc))  # [T, sum C]
+            self._schedules[steps] = table.schedule
+        return self.time_table(steps)
+
+    def time_table(self, steps: int) -> TimeTable:
+        """A built ``steps``-step table, its tensors read from the module's buffers (so they follow ``.to()``)."""
+        gain, shift = getattr(self, f"time_gain_{steps}"), getattr(self, f"time_shift_{steps}")
+        return TimeTable(self._schedules[steps], gain, shift)
+
+    @property
+    def tables(self) -> dict[int, TimeTable]:
+        """The built time tables by steps."""
+        return {steps: self.time_table(steps) for steps in self._schedules}
 
     # --- host side -------------------------------------------------------------------------------------------
     def _prompt_embeddings(self, groups: Sequence[int], genders: Sequence[str]) -> Tensor:
@@ -398,7 +409,7 @@ class PADARunner(NativeRunner):
 
     def decode(self, x_T: Tensor, z: Tensor, steps: int) -> Tensor:
         """DDIM sampling (eta = 0, clipped x0), steps k = T-1 .. 0: x_T [N, 3, S, S], z [N, Z] -> x0 fp32."""
-        table = self.tables[steps]
+        table = self.time_table(steps)
         a, b = modulation_tables(table, condition_scale(z, self.cond_weight, self.cond_bias))  # [N, T, sum C]
         x = x_T.to(self.acc)  # [N, 3, S, S] fp32 (D24)
         for row, (_, abar, abar_prev) in zip(reversed(range(steps)), table.schedule.sampling_pairs(), strict=True):
@@ -408,7 +419,7 @@ class PADARunner(NativeRunner):
 
     def invert(self, x: Tensor, z: Tensor, steps: int) -> Tensor:
         """DDIM inversion (k = 0 .. T-1, abar_next): x [N, 3, S, S] in [-1, 1], z_src [N, Z] -> x_T fp32."""
-        table = self.tables[steps]
+        table = self.time_table(steps)
         a, b = modulation_tables(table, condition_scale(z, self.cond_weight, self.cond_bias))  # [N, T, sum C]
         h = x.to(self.acc)  # [N, 3, S, S]
         for row, (_, abar, abar_next) in enumerate(table.schedule.inversion_pairs()):
@@ -437,7 +448,8 @@ class PADARunner(NativeRunner):
 
     def _norm(self, x: Tensor, norm: nn.GroupNorm, act: bool = True) -> Tensor:
         """GN with its own (build-time fp32) affine, then SiLU when ``act``: [N, C, H, W] -> the same."""
-        return group_norm_act(x, norm, self.dtype, act, self.norm_affine.get(id(norm)))  # [N, C, H, W]
+        affine = (norm.acc_weight, norm.acc_bias) if hasattr(norm, "acc_weight") else None  # [C] each
+        return group_norm_act(x, norm, self.dtype, act, affine)  # [N, C, H, W]
 
     def _sequence(self, block: EmbedSequential, h: Tensor, a: Tensor, b: Tensor) -> Tensor:
         for layer in block:
@@ -456,7 +468,7 @@ class PADARunner(NativeRunner):
         h = self._norm(x, norm)  # [N, C, H, W]
         if block.up:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [N, C, 2H, 2W]
-            phases = self.phases.get(id(block))
+            phases = block.up_phases
             if phases is None:
                 h = conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [N, C', 2H, 2W]
             else:

@@ -24,7 +24,8 @@ def use_native(impl: str, *tensors: torch.Tensor | None, differentiable: bool = 
     if impl not in IMPLS:
         raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "native":
-        require_native()
+        if not has_native():  # has_native() is a constant to torch.compile; require_native() reads the extension
+            require_native()  # raises NativeExtensionError with the build command
         return True
     if impl == "torch":
         return False

@@ -4,10 +4,14 @@ Every op keeps its C++ Meta kernel (``csrc/ops/*.cpp``), which FakeTensor uses w
 kernels read sizes as plain integers, so tracing with a dynamic batch (``torch.export`` with ``Dim``,
 ``torch.compile(dynamic=True)``) would specialise the batch to the example's. The kernels here compute the same
 output shapes, dtypes and memory formats from symbolic sizes; they are registered over the Meta kernels'
-fake role once the extension loads (:func:`register`), and never run real arithmetic.
+fake role only while a graph is traced for export (:func:`symbolic_fake_kernels`), and never run real
+arithmetic.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -67,8 +71,20 @@ KERNELS = {
 }
 
 
-def register() -> None:
-    """Register the fake kernels of the ops the loaded extension defines (call once, after loading it)."""
-    for name, kernel in KERNELS.items():
-        if hasattr(torch.ops.agingrt, name):
-            torch.library.register_fake(f"agingrt::{name}", kernel, allow_override=True)
+@contextlib.contextmanager
+def symbolic_fake_kernels() -> Iterator[None]:
+    """While the block runs, the ops the loaded extension defines trace through these kernels; afterwards their
+    C++ Meta kernels (which also validate arguments) are back in place."""
+    from .._extension import has_native
+
+    if not has_native():  # loading the extension defines the ops; without it the graphs call no custom op
+        yield
+        return
+    library = torch.library.Library("agingrt", "FRAGMENT")
+    try:
+        for name, kernel in KERNELS.items():
+            if hasattr(torch.ops.agingrt, name):
+                torch.library.register_fake(f"agingrt::{name}", kernel, lib=library, allow_override=True)
+        yield
+    finally:
+        library._destroy()
