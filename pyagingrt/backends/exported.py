@@ -174,7 +174,8 @@ class ExportedGraphEngine(Engine):
             sample = GraphSample(self.model, self.runner, graph, args, torch.empty(0), options)
             with warnings.catch_warnings():  # torch.export's own deprecation notes are not the user's business
                 warnings.simplefilter("ignore", FutureWarning)
-                proto = to_onnx_model(sample, dynamic_batch=dynamic, opset=OPSET)
+                # no onnxscript optimiser pass: slow on large graphs, and both runtimes optimise the graph at load
+                proto = to_onnx_model(sample, dynamic_batch=dynamic, opset=OPSET, optimize=False)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             onnx.save_model(proto, str(tmp))

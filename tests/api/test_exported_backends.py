@@ -59,8 +59,6 @@ def parity_cases():
     for backend in ("onnxruntime", "openvino"):
         for model in MODELS:
             marks = []
-            if model == "pada":
-                marks.append(pytest.mark.xfail(raises=Exception, reason="PADA's inference graph does not export yet"))
             if backend == "openvino" and model == "cusp":
                 marks.append(
                     pytest.mark.xfail(
