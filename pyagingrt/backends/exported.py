@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import warnings
 from abc import abstractmethod
 from collections.abc import Hashable
@@ -40,7 +41,7 @@ def export_cache_path(runner: nn.Module, config: dict[str, Any], graph_key: Hash
     ``pyagingrt.backends.auto.cache_path()``, the hash covering every buffer of the runner (names, dtypes, shapes,
     bytes), the config, the graph key (the options fixed in the graph), the batch (None: dynamic) and the torch
     and pyagingrt versions. Loading the same weights again (or in the other runtime) reuses the file instead of
-    exporting again."""
+    exporting again. Engines with random weights (no checkpoint) keep their exports in a temporary folder instead."""
     from .._version import __version__
     from .auto import cache_path
 
@@ -97,6 +98,9 @@ class ExportedGraphEngine(Engine):
         self._static_keys: set[Hashable] = set()
         self.export_seconds = 0.0
         self.cached_exports = 0
+        # Exports are cached only for weights that can be loaded again (from a checkpoint): random weights differ on
+        # every load, so their exports go to a folder that lives as long as the engine.
+        self._scratch = None if source is not None else tempfile.TemporaryDirectory(prefix="pyagingrt-onnx-")
         # export and load the default options' graph now, so a bad export fails at load and the first call is fast
         pixels, targets, gen, options = self._sample_batch(1)
         self._session_for(self._prepare(pixels, targets, gen, options), options)
@@ -135,6 +139,8 @@ class ExportedGraphEngine(Engine):
         graph = self.runner.graph(options, inputs)
         config = self.adapter.config_to_dict(self.config)
         no_dynamic = export_cache_path(self.runner, config, key, None).with_suffix(".nodynamic")
+        if self._scratch is not None:
+            no_dynamic = Path(self._scratch.name) / no_dynamic.name
         if no_dynamic.is_file():  # a previous load found that this graph does not export dynamically
             self._static_keys.add(key)
         if key not in self._static_keys:
@@ -168,6 +174,8 @@ class ExportedGraphEngine(Engine):
         batch = None if dynamic else args[0].shape[0]
         key = self.runner.graph_key(options)
         path = export_cache_path(self.runner, self.adapter.config_to_dict(self.config), key, batch)
+        if self._scratch is not None:
+            path = Path(self._scratch.name) / path.name
         if path.is_file():
             self.cached_exports += 1
         else:
