@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import warnings
+import weakref
 from abc import abstractmethod
 from collections.abc import Hashable
 from pathlib import Path
@@ -100,7 +102,10 @@ class ExportedGraphEngine(Engine):
         self.cached_exports = 0
         # Exports are cached only for weights that can be loaded again (from a checkpoint): random weights differ on
         # every load, so their exports go to a folder that lives as long as the engine.
-        self._scratch = None if source is not None else tempfile.TemporaryDirectory(prefix="pyagingrt-onnx-")
+        self._scratch: Path | None = None
+        if source is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="pyagingrt-onnx-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)  # removed with the engine
         # export and load the default options' graph now, so a bad export fails at load and the first call is fast
         pixels, targets, gen, options = self._sample_batch(1)
         self._session_for(self._prepare(pixels, targets, gen, options), options)
@@ -140,7 +145,7 @@ class ExportedGraphEngine(Engine):
         config = self.adapter.config_to_dict(self.config)
         no_dynamic = export_cache_path(self.runner, config, key, None).with_suffix(".nodynamic")
         if self._scratch is not None:
-            no_dynamic = Path(self._scratch.name) / no_dynamic.name
+            no_dynamic = self._scratch / no_dynamic.name
         if no_dynamic.is_file():  # a previous load found that this graph does not export dynamically
             self._static_keys.add(key)
         if key not in self._static_keys:
@@ -175,7 +180,7 @@ class ExportedGraphEngine(Engine):
         key = self.runner.graph_key(options)
         path = export_cache_path(self.runner, self.adapter.config_to_dict(self.config), key, batch)
         if self._scratch is not None:
-            path = Path(self._scratch.name) / path.name
+            path = self._scratch / path.name
         if path.is_file():
             self.cached_exports += 1
         else:
