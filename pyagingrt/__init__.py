@@ -13,8 +13,10 @@ from . import models
 from ._extension import build_info, has_native
 from ._version import __version__
 from .api import Engine, RandomWeightsWarning, load
+from .backends.registry import backend_names
 from .errors import (
     AgingError,
+    BackendUnavailableError,
     CheckpointError,
     InputError,
     MediaError,
@@ -28,6 +30,7 @@ from .errors import (
 
 __all__ = [
     "AgingError",
+    "BackendUnavailableError",
     "CheckpointError",
     "Engine",
     "InputError",
@@ -40,6 +43,7 @@ __all__ = [
     "RandomWeightsWarning",
     "UnknownModelError",
     "__version__",
+    "backend_names",
     "build_info",
     "has_native",
     "load",

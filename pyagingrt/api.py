@@ -12,12 +12,12 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .backends.cuda_graphs import check_buckets
+from .backends.registry import AUTO, backend_class, backends_accepting
 from .checkpoint import (
     CheckpointHeader,
     check_state_dict,
@@ -29,7 +29,6 @@ from .checkpoint import (
 from .errors import (
     CheckpointError,
     InputError,
-    NativeExtensionError,
     NumericalError,
     PrecisionFallbackWarning,
     RandomWeightsWarning,
@@ -41,7 +40,6 @@ from .models.registry import get_adapter, model_names
 __all__ = ["PRECISIONS", "Engine", "RandomWeightsWarning", "load"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("torch", "native", "tensorrt")
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -105,11 +103,14 @@ def load(
             :meth:`Engine.save` (then ``checkpoint`` must be None).
         checkpoint: weights: a pyagingrt ``.safetensors`` file, or an official checkpoint of the model
             (converted on load). None builds random weights and warns (:class:`RandomWeightsWarning`).
-        backend: "torch" (the reference, CPU or GPU) or "native" (the optimised engine).
+        backend: one of ``pyagingrt.backend_names()``: "torch" (the reference, CPU or GPU), "native" (the
+            optimised engine; needs the compiled extension), "onnxruntime", "openvino" (CPU), or "auto": each
+            available backend is timed on a short probe at load and the fastest kept (the pick is cached per
+            model, config, batch, device and precision; ``engine.describe()`` says which).
         device: "cpu", "cuda" or "cuda:N"; default CUDA when available.
-        precision: "fp32" (default), "fp16" (CUDA only), "bf16", or "auto": fp32 on CPU, fp16 on CUDA, and for
-            ``backend="native"`` bf16 instead when the fp16 engine overflows at build and the GPU has bf16
-            (a :class:`PrecisionFallbackWarning` says so).
+        precision: "fp32" (default), "fp16" (CUDA only), "bf16", or "auto": the backend's default (fp32 on CPU,
+            fp16 on CUDA; OpenVINO bf16 where the CPU has it); for ``backend="native"`` bf16 instead when the fp16
+            engine overflows at build and the GPU has bf16 (a :class:`PrecisionFallbackWarning` says so).
         config: a config name of the model (e.g. "paper", "tiny"), a config dict, or a config object; default
             the model's first config (its paper size), or the one stored in a pyagingrt checkpoint.
         buckets: ``backend="native"`` on CUDA only: the batch sizes that get a CUDA graph each (default 1, 4, 16,
@@ -118,24 +119,21 @@ def load(
         **load_options: model-specific extra weights, e.g. CUSP ``dex=PATH``, PADA ``clip=DIR``.
 
     Raises:
-        UnknownModelError, InputError, CheckpointError, NativeExtensionError.
+        UnknownModelError, InputError, CheckpointError, BackendUnavailableError (NativeExtensionError).
     """
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "tensorrt":
-        raise NativeExtensionError(
-            "the tensorrt backend is not available: TensorRT is not installed on this machine (see README)"
-        )
     dev = _resolve_device(device)
-    dtype = _resolve_precision(precision, dev)
-    engine_options: dict[str, Any] = {}
-    if buckets is not None:
-        if backend != "native":
-            raise InputError(f"buckets= applies to backend='native' only (CUDA graphs), not to backend={backend!r}")
-        try:
-            engine_options["buckets"] = check_buckets(buckets)
-        except (TypeError, ValueError) as exc:
-            raise InputError(str(exc)) from None
+    backend_options: dict[str, Any] = {} if buckets is None else {"buckets": buckets}
+    if backend == AUTO:
+        engine_cls: type[Engine] | None = None
+        dtype = _resolve_precision(precision, dev)
+        if backend_options:
+            raise InputError("backend='auto' takes no backend options (buckets=); name the backend to pass them")
+    else:  # every check that needs no weights fails here, before any are read
+        engine_cls = backend_class(backend)
+        engine_cls.check_available(dev)
+        dtype = engine_cls.auto_precision(dev) if precision == "auto" else _resolve_precision(precision, dev)
+        engine_cls.check_precision(dtype, dev)
+        backend_options = engine_cls.check_options(backend_options)
 
     state: dict[str, Tensor] | None = None
     source: dict[str, Any] | None = None
@@ -188,17 +186,41 @@ def load(
         load_state_dict_strict(module, state, str(checkpoint))
     adapter.attach(module, cfg, **load_options)
     module.eval().requires_grad_(False)
-    engine_cls: type[Engine] = Engine
-    if backend == "native":
-        from .backends.native import NativeEngine
+    if engine_cls is None:
+        from .backends.auto import load_auto
 
-        engine_cls = NativeEngine
+        return load_auto(adapter, cfg, module, dev, precision, config_name=config_name, source=source)
+    return build_engine(
+        engine_cls,
+        adapter,
+        cfg,
+        module,
+        dev,
+        dtype,
+        precision,
+        config_name=config_name,
+        source=source,
+        **backend_options,
+    )
+
+
+def build_engine(
+    engine_cls: type[Engine],
+    adapter: ModelAdapter,
+    config: Any,
+    module: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    precision: str,
+    **kwargs: Any,
+) -> Engine:
+    """``engine_cls(...)``, through the bf16 fallback where the backend has one and precision is "auto"."""
 
     def build(dt: torch.dtype) -> Engine:
-        return engine_cls(adapter, cfg, module, dev, dt, config_name=config_name, source=source, **engine_options)
+        return engine_cls(adapter, config, module, device, dt, **kwargs)
 
-    bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision == "auto" and backend == "native" and dtype == torch.float16 and bf16_ok:
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto" and engine_cls.bf16_fallback and dtype == torch.float16 and bf16_ok:
         return build_with_bf16_fallback(build, adapter.name)
     return build(dtype)
 
@@ -240,9 +262,42 @@ def build_with_bf16_fallback(build: Callable[[torch.dtype], Engine], model: str)
 
 
 class Engine:
-    """A loaded model on one device and precision. Build it with :func:`load`."""
+    """A loaded model on one device and precision. Build it with :func:`load`.
 
-    backend = "torch"
+    This class is also the interface every backend implements (``pyagingrt/backends/registry.py``): a backend is
+    a subclass that sets the class attributes below, builds itself in ``__init__`` and runs a batch in
+    :meth:`_run`. Used directly, it runs the ``training/`` module (the torch backend).
+    """
+
+    backend: ClassVar[str] = "torch"
+    #: one line for ``--help`` and ``agingrt bench``
+    summary: ClassVar[str] = "the PyTorch modules of training/ in eval mode (the reference), CPU or CUDA"
+    #: the backend's own keyword arguments of load() (besides the model's)
+    load_options: ClassVar[tuple[str, ...]] = ()
+    #: precision="auto" may rebuild in bf16 when the fp16 build overflows (NumericalError)
+    bf16_fallback: ClassVar[bool] = False
+
+    @classmethod
+    def check_available(cls, device: torch.device) -> None:
+        """Raise BackendUnavailableError when this backend cannot run on ``device`` in this installation."""
+
+    @classmethod
+    def auto_precision(cls, device: torch.device) -> torch.dtype:
+        """What precision="auto" means for this backend: fp16 on a GPU, fp32 on CPU."""
+        return torch.float16 if device.type == "cuda" else torch.float32
+
+    @classmethod
+    def check_precision(cls, dtype: torch.dtype, device: torch.device) -> None:
+        """Raise InputError for a precision this backend does not run on ``device``."""
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate the backend's own load() options; InputError for one it does not take."""
+        for name in options:
+            if name not in cls.load_options:
+                takers = " or ".join(f"backend={b!r}" for b in backends_accepting(name)) or "no backend"
+                raise InputError(f"{name}= applies to {takers} only, not to backend={cls.backend!r}")
+        return dict(options)
 
     def __init__(
         self,
@@ -263,6 +318,7 @@ class Engine:
         self.source = source
         self.module = module.to(device=device, dtype=dtype)
         self._flops: float | None = None
+        self.auto_choice: dict[str, Any] | None = None  # set by backend="auto": what it measured and picked
 
     # --- description ---------------------------------------------------------------------------------------
     @property
@@ -293,6 +349,17 @@ class Engine:
                 probe = self.adapter.build(self.config).eval().requires_grad_(False)
             self._flops = self.adapter.flops_per_image(probe, self.config)
         return self._flops
+
+    def describe(self) -> dict[str, Any]:
+        """The backend and what it runs: model, config, device, precision, and the backend's own choices."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "config": self.config_name or "custom",
+            "device": str(self.device),
+            "precision": self.precision,
+            **({"auto": self.auto_choice} if self.auto_choice is not None else {}),
+        }
 
     def __repr__(self) -> str:
         return (

@@ -24,25 +24,27 @@ import torch
 from torch import Tensor
 
 from .api import Engine, RandomWeightsWarning, load
+from .backends.registry import backend_names
 from .errors import AgingError, InputError
 from .profiling import GRAPHS_NOTE, ProfileOptions, ProfileSummary, prepare_profile_dir, profile_calls
 
 # Dense fp16/bf16 tensor-core peaks in TFLOP/s (datasheets; notes/performance.md section 1.1).
 GPU_FP16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "V100": 125.0, "L4": 121.0, "T4": 65.0}
 
-VARIANTS = {
-    # name: (backend, compile)
-    "eager": ("torch", False),
-    "compile": ("torch", True),
-    "native": ("native", False),
-}
+
+def variants() -> dict[str, tuple[str, bool]]:
+    """Variant name -> (backend, torch.compile): the torch backend eager and compiled, then every other backend of
+    the registry under its own name (native, onnxruntime, openvino)."""
+    table = {"eager": ("torch", False), "compile": ("torch", True)}
+    table.update({name: (name, False) for name in backend_names() if name != "torch"})
+    return table
 
 
 @dataclass
 class BenchResult:
     model: str
     config: str
-    variant: str  # eager | compile | native
+    variant: str  # eager | compile | a backend of the registry (native, onnxruntime, openvino)
     precision: str
     batch: int
     device: str
@@ -127,7 +129,7 @@ def bench_one(
     inputs: int = 3,
     profile: ProfileOptions | None = None,
 ) -> BenchResult:
-    backend, compiled = VARIANTS[variant]
+    backend, compiled = variants()[variant]
     result = BenchResult(model, config or "default", variant, precision, batch, str(device))
     try:
         t0 = time.perf_counter()
@@ -203,11 +205,18 @@ def _profile_variant(
     return profile_calls(calls, engine.device, options, _profile_stem(r, bypass), title=title, note=note)
 
 
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"openvino:bf16"`` -> ("openvino", "bf16"): a variant may carry its own precision, which replaces the
+    run's precision list for it (e.g. one bf16 row beside fp32 ones); ``"native"`` -> ("native", None)."""
+    name, _, precision = spec.partition(":")
+    return name, precision or None
+
+
 def run_bench(
     models: Sequence[str],
     batches: Sequence[int],
     precisions: Sequence[str],
-    variants: Sequence[str],
+    variant_names: Sequence[str],
     device: torch.device,
     *,
     config: str | None = None,
@@ -216,9 +225,10 @@ def run_bench(
     progress: Callable[[BenchResult], None] | None = None,
     profile: ProfileOptions | None = None,
 ) -> list[BenchResult]:
-    for v in variants:
-        if v not in VARIANTS:
-            raise InputError(f"unknown backend variant {v!r}; choose from {', '.join(VARIANTS)}")
+    known = variants()
+    for v in variant_names:
+        if split_variant(v)[0] not in known:
+            raise InputError(f"unknown backend variant {v!r}; choose from {', '.join(known)}")
     if profile is not None:
         if profile.iters < 1:
             raise InputError(f"--profile-iters must be >= 1, got {profile.iters}")
@@ -226,8 +236,9 @@ def run_bench(
     results = []
     for model in models:
         for batch in batches:
-            for variant in variants:
-                for precision in precisions:
+            for spec in variant_names:
+                variant, own_precision = split_variant(spec)
+                for precision in [own_precision] if own_precision else precisions:
                     r = bench_one(
                         model, config, variant, precision, batch, device, warmup=warmup, iters=iters, profile=profile
                     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgingError",
+    "BackendUnavailableError",
     "CheckpointError",
     "InputError",
     "MediaError",
@@ -36,7 +37,11 @@ class CheckpointError(AgingError):
     """A checkpoint that cannot be read, or that does not fit the model's architecture."""
 
 
-class NativeExtensionError(AgingError, RuntimeError):
+class BackendUnavailableError(AgingError, RuntimeError):
+    """A backend that cannot run here: its runtime package is not installed, or it does not run on this device."""
+
+
+class NativeExtensionError(BackendUnavailableError):
     """The compiled extension pyagingrt._C is missing, or was built against another torch."""
 
 

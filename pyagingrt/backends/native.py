@@ -3,7 +3,13 @@
 Built once per (model, precision, device) by :func:`pyagingrt.load`; CUDA graphs are captured per batch
 bucket (1, 4, 16, 32 by default; smaller batches are padded into the next bucket), bucket 1 during load() so
 the first call is fast. A finite-output check runs at build time in fp16/bf16 and names the first layer that
-overflowed. On CPU the same rewrites run without graphs (and in fp32), so CPU tests cover them.
+overflowed. On CPU the same rewrites run without graphs, so CPU tests cover them.
+
+Without the compiled extension (``pyagingrt._C``) the engine refuses to build: NativeExtensionError names the
+build command. The runners call the custom ops with ``impl="auto"``, which picks the compiled op whenever the
+extension is loaded and no input needs a gradient (always so here: the engine runs under no_grad), so with this
+check at build the native backend never runs the pure-PyTorch oracles under its name. (Built outside this engine,
+e.g. by the ONNX exporter, a runner without the extension runs those standard-op forms on purpose.)
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._extension import build_info, require_native
 from ..api import Engine
-from ..errors import NumericalError
-from .cuda_graphs import DEFAULT_BUCKETS, GraphCache
+from ..errors import InputError, NumericalError
+from .cuda_graphs import DEFAULT_BUCKETS, GraphCache, check_buckets
 from .runner import GenericRunner, NativeRunner
 
 _RUNNERS = {
@@ -77,6 +84,23 @@ class NativeEngine(Engine):
     """An :class:`Engine` whose calls go through the model's native runner."""
 
     backend = "native"
+    summary = "per-model rewrites with the compiled custom ops (pyagingrt._C), fp16/bf16 and CUDA graphs on a GPU"
+    load_options = ("buckets",)
+    bf16_fallback = True
+
+    @classmethod
+    def check_available(cls, device: torch.device) -> None:
+        require_native()
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        if "buckets" in options:
+            try:
+                options["buckets"] = check_buckets(options["buckets"])
+            except (TypeError, ValueError) as exc:
+                raise InputError(str(exc)) from None
+        return options
 
     def __init__(
         self,
@@ -91,6 +115,7 @@ class NativeEngine(Engine):
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         use_graphs: bool | None = None,
     ) -> None:
+        require_native()  # before anything is built: no runner may reach the oracles under this backend's name
         # The fp32 module stays the master copy (save(), folding); the runner holds the converted weights.
         super().__init__(adapter, config, module, device, torch.float32, config_name=config_name, source=source)
         self.dtype = dtype
@@ -107,6 +132,16 @@ class NativeEngine(Engine):
     @property
     def runner_name(self) -> str:
         return type(self.runner).__name__
+
+    def describe(self) -> dict[str, Any]:
+        info = build_info() or {}
+        graphs = None if self.graphs is None else {"buckets": list(self.graphs.buckets), "captured": len(self.graphs)}
+        return {
+            **super().describe(),
+            "runner": self.runner_name,
+            "cuda_graphs": graphs,
+            "extension": {k: info.get(k) for k in ("version", "with_cuda", "torch_version") if k in info},
+        }
 
     def _sample_batch(self, batch: int) -> tuple[Tensor, Tensor, torch.Generator, dict[str, Any]]:
         size = self.input_size

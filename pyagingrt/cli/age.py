@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..backends.registry import backend_help, backend_names
 from ..errors import AgingError, InputError, MediaError, NoFaceError
 
 
@@ -56,9 +57,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend",
         default="torch",
-        choices=("torch", "native"),
-        help="torch (the PyTorch reference) or native (rewritten engine, fp16 and CUDA graphs on a GPU) "
-        "(default: torch)",
+        choices=backend_names(auto=True),
+        help=f"{backend_help()} (default: torch)",
     )
     g.add_argument("--dex", help="CUSP: DEX VGG-16 weights, when the snapshot carries none (default: none)")
     g.add_argument("--clip", help="PADA: CLIP directory in Hugging Face layout (default: none = random CLIP)")

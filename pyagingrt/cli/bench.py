@@ -1,4 +1,5 @@
-"""``agingrt bench``: time the models side by side (torch eager, torch.compile, native) on this machine."""
+"""``agingrt bench``: time the models side by side (torch eager, torch.compile and every other backend of the
+registry: native, onnxruntime, openvino) on this machine."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from ..benchmark import variants
 
 
 def _csv(text: str) -> list[str]:
@@ -15,7 +18,7 @@ def _csv(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="time the models: torch eager vs torch.compile vs native, same inputs, one run",
+        help="time the models: torch eager vs torch.compile vs the other backends, same inputs, one run",
         description="Time each model side by side on the same rotating random inputs (random weights: speed "
         "does not depend on them): ms per batch, images/s, achieved TFLOP/s, % of the GPU's dense fp16 peak, "
         "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
@@ -36,8 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backends",
         default=None,
-        help="comma list of eager,compile,native (default: eager,compile,native on a GPU; eager,native on CPU, "
-        "where torch.compile takes minutes)",
+        help=f"comma list of {','.join(variants())}: eager and compile are the torch backend without and with "
+        "torch.compile, the others the backends of that name; NAME:PRECISION times that variant in that precision "
+        "only, e.g. openvino:bf16 (default: eager,compile,native on a GPU; eager,native on CPU, where "
+        "torch.compile takes minutes)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
@@ -105,9 +110,15 @@ def run(args: argparse.Namespace) -> int:
     where = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"agingrt bench on {where}, torch {torch.__version__}; random weights (speed does not depend on them)")
 
+    command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    done = []
+
     def progress(r) -> None:
         state = r.error or f"{r.ms_per_batch:.3f} ms"
         print(f"  {r.model} {r.variant} {r.precision} batch {r.batch}: {state}", file=sys.stderr, flush=True)
+        done.append(r)
+        if args.json:  # after every variant, so an interrupted run keeps what it measured
+            write_json(done, args.json, command)
 
     results = run_bench(
         models,
@@ -130,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
                 print(format_summary(label, r.profile))
             elif r.error is None:
                 print(f"  {label}: not profiled: {r.profile_error}")
-    command = "agingrt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if args.json:
         print(f"wrote {write_json(results, args.json, command)}")
     if args.plot:

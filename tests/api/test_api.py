@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyagingrt
-from pyagingrt import CheckpointError, InputError, NativeExtensionError, RandomWeightsWarning, UnknownModelError
+from pyagingrt import CheckpointError, InputError, RandomWeightsWarning, UnknownModelError
 from pyagingrt.models import registry
 
 
@@ -45,7 +45,7 @@ class TestLoad:
             ({"precision": "fp8"}, InputError, "precision must be one of fp32, fp16, bf16, auto"),
             ({"precision": "fp16", "device": "cpu"}, InputError, "needs a CUDA device"),
             ({"backend": "onnx"}, InputError, "backend must be one of"),
-            ({"backend": "tensorrt"}, NativeExtensionError, "TensorRT is not installed"),
+            ({"backend": "tensorrt"}, InputError, "TensorRT is reached through backend='onnxruntime'"),
             ({"bogus": 1}, InputError, "does not take bogus"),
         ],
     )
