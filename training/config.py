@@ -31,6 +31,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1000,  # steps between periodic checkpoints (0: only the final one)
     "keep_checkpoints": 3,  # periodic checkpoints kept (the final one is always kept)
     "progress": True,  # tqdm bar on rank 0
+    "eval_every": 0,  # steps between `agingrt eval` runs on the held-out split (0: never; needs pyagingrt[eval])
+    "eval_count": 32,  # items held out from the end of the data set when eval_every > 0 (never trained on)
 }
 
 DATA_DEFAULTS: dict[str, Any] = {

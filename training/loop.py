@@ -26,12 +26,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import checkpointing as ckpt
 from .config import apply_overrides, base_config
 from .errors import ConfigError, DivergedError, TrainingError
 from .recipe import Recipe, TrainContext, get_recipe
+from .validation import Validation
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,11 @@ def train(
     torch.manual_seed(loop["seed"])
     random.seed(loop["seed"])
     dataset = open_training_data(data, cfg, recipe_cls.image_size(cfg))
+    summary_of = dataset  # the per-group table covers the whole data set
+    validation = None
+    if loop["eval_every"]:
+        dataset, held_out = split_validation(dataset, int(loop["eval_count"]))
+        validation = Validation(held_out, dev) if rank == 0 else None
     steps_per_epoch = len(dataset) // loop["batch_size"]
     if steps_per_epoch < 1:
         raise TrainingError(f"the data set has {len(dataset)} items, fewer than one batch of {loop['batch_size']}")
@@ -391,7 +397,7 @@ def train(
                 "world_size": world,
             },
         )
-        summary = _group_summary(recipe, dataset)
+        summary = _group_summary(recipe, summary_of)
         if summary:
             print(summary, flush=True)
     stop = max(min(total, stop_after), start) if stop_after is not None else total
@@ -436,6 +442,8 @@ def train(
                 bar.update(1)
             if loop["sample_every"] and done % loop["sample_every"] == 0 and rank == 0:
                 _write_samples(run_dir / "samples" / f"step-{done:08d}.png", recipe, sample_images)
+            if validation is not None and (done % loop["eval_every"] == 0 or done == total):
+                log.log(done, validation.run(recipe, run_dir, done))
             if loop["checkpoint_every"] and done % loop["checkpoint_every"] == 0 and done < total:
                 _save(run_dir, recipe, ctx, done, cfg, final=False)
         step = stop
@@ -453,6 +461,14 @@ def train(
         record = ckpt.read_latest(run_dir) if rank == 0 else None
         weights = record["weights"] if record else run_dir / "final.safetensors"
     return TrainResult(run_dir=run_dir, step=step, weights=Path(weights), config=cfg, recipe=recipe)
+
+
+def split_validation(dataset: Dataset, count: int) -> tuple[Dataset, Dataset]:
+    """(training part, the last ``count`` items): a fixed split, so a resumed run holds out the same faces."""
+    n = len(dataset)
+    if count < 1 or count > n // 2:
+        raise ConfigError(f"loop.eval_count={count} must lie in 1..{n // 2} (half of the {n} items)")
+    return Subset(dataset, range(n - count)), Subset(dataset, range(n - count, n))
 
 
 def _group_summary(recipe: Recipe, dataset: Dataset) -> str | None:
