@@ -388,15 +388,16 @@ def train(
         if callable(summary) and loop["progress"]:
             print(summary())
     stop = min(total, stop_after) if stop_after is not None else total
-    sampler = StepBatchSampler(len(dataset), loop["batch_size"], rank, world, loop["seed"], start, stop)
+    sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
+    batches = recipe.prepare_data(dataset)
+    sampler = StepBatchSampler(len(batches), loop["batch_size"], rank, world, loop["seed"], start, stop)
     loader = DataLoader(
-        dataset,
+        batches,
         batch_sampler=sampler,
         num_workers=loop["num_workers"],
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
     )
-    sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
     log = MetricsLog(run_dir, enabled=rank == 0)
     bar = None
     if rank == 0 and loop["progress"]:
