@@ -359,11 +359,18 @@ def train(
     if steps_per_epoch < 1:
         raise TrainingError(f"the data set has {len(dataset)} items, fewer than one batch of {loop['batch_size']}")
     total = int(loop["steps"]) if loop["steps"] is not None else int(loop["epochs"]) * steps_per_epoch
+    amp = autocast_dtype(loop["precision"], dev)
+    if amp == torch.float16 and not recipe_cls.fp16_ok:
+        if loop["precision"] == "fp16":
+            raise ConfigError(f"{recipe_cls.name} does not train in fp16; use loop.precision=bf16 or fp32")
+        amp = None  # auto on a GPU without bf16
+        if rank == 0:
+            print(f"{recipe_cls.name}: this GPU has no bf16 and fp16 does not train this model; training in fp32")
     ctx = TrainContext(
         device=dev,
         rank=rank,
         world_size=world,
-        autocast_dtype=autocast_dtype(loop["precision"], dev),
+        autocast_dtype=amp,
         channels_last=bool(loop["channels_last"]) and dev.type == "cuda",
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
@@ -384,10 +391,10 @@ def train(
                 "world_size": world,
             },
         )
-        summary = getattr(dataset, "summary", None)
-        if callable(summary) and loop["progress"]:
-            print(summary())
-    stop = min(total, stop_after) if stop_after is not None else total
+        summary = _group_summary(recipe, dataset)
+        if summary:
+            print(summary, flush=True)
+    stop = max(min(total, stop_after), start) if stop_after is not None else total
     sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
     batches = recipe.prepare_data(dataset)
     sampler = StepBatchSampler(len(batches), loop["batch_size"], rank, world, loop["seed"], start, stop)
@@ -397,6 +404,7 @@ def train(
         num_workers=loop["num_workers"],
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(loop["seed"]),  # keeps the global RNG untouched (exact resume)
     )
     log = MetricsLog(run_dir, enabled=rank == 0)
     bar = None
@@ -446,6 +454,18 @@ def train(
         record = ckpt.read_latest(run_dir) if rank == 0 else None
         weights = record["weights"] if record else run_dir / "final.safetensors"
     return TrainResult(run_dir=run_dir, step=step, weights=Path(weights), config=cfg, recipe=recipe)
+
+
+def _group_summary(recipe: Recipe, dataset: Dataset) -> str | None:
+    """The data sets' per-group table (images, share, mean age) over the recipe's age groups, if available."""
+    ages = getattr(dataset, "ages", None)
+    if ages is None:
+        return None
+    try:
+        from .data.dataset import describe_groups
+    except ImportError:
+        return None
+    return describe_groups(ages, recipe.group_edges())
 
 
 def _write_samples(path: Path, recipe: Recipe, images: Tensor) -> None:

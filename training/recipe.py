@@ -169,6 +169,9 @@ class Recipe(ABC):
     stages: ClassVar[tuple[str, ...]] = ("main",)
     #: presets of ``--config``.
     presets: ClassVar[tuple[str, ...]] = ("paper", "tiny")
+    #: whether fp16 autocast trains this model (False: ``loop.precision=fp16`` is refused, ``auto`` uses fp32
+    #: on a GPU without bf16).
+    fp16_ok: ClassVar[bool] = True
 
     def __init__(self, config: dict[str, Any], ctx: TrainContext, stage: str) -> None:
         self.config = config
@@ -192,6 +195,15 @@ class Recipe(ABC):
     def age_range(cls, config: dict[str, Any]) -> tuple[float, float]:
         """Ages kept by the data set (rows outside are reported and skipped)."""
         return float(config["data"].get("min_age", 0)), float(config["data"].get("max_age", 100))
+
+    def group_edges(self) -> list[float]:
+        """Lower edges (years) of age groups 1 .. n-1 for the data summary printed before training; by default
+        the inference side's age groups of this model and config."""
+        from pyagingrt.models.registry import get_adapter
+
+        adapter = get_adapter(self.name)
+        groups = adapter.age_groups(adapter.config_from_dict(self.config["model"]))
+        return [float(g.low) for g in groups[1:]]
 
     # --- state ------------------------------------------------------------------------------------------
     @abstractmethod

@@ -66,16 +66,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.resume and (args.model is None or args.data is None):
         raise InputError("agingrt train needs MODEL and --data (or --resume with the --out of an earlier run)")
-    result = train(
-        args.model or "",
-        args.data,
-        out=args.out,
-        preset=args.config,
-        stage=args.stage,
-        overrides=args.overrides,
-        resume=args.resume,
-        device=args.device,
-        stop_after=args.stop_after,
-    )
-    print(f"step {result.step}: weights {result.weights}")
+    import torch.distributed as dist
+
+    try:
+        result = train(
+            args.model or "",
+            args.data,
+            out=args.out,
+            preset=args.config,
+            stage=args.stage,
+            overrides=args.overrides,
+            resume=args.resume,
+            device=args.device,
+            stop_after=args.stop_after,
+        )
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result.recipe.ctx.rank == 0:
+        print(f"step {result.step}: weights {result.weights}")
     return 0

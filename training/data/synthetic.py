@@ -89,7 +89,7 @@ class SyntheticFaces(Dataset):
         img = background[:, None, None].expand(3, s, s).clone()  # [3, S, S]
         img[:, face] = skin[:, None]
         shade = 1 - darkness_of_age(age, self.min_age, self.max_age)
-        band = (yy >= BAND_BOX[0] - 0.02) & (yy < BAND_BOX[1] + 0.02) & (xx >= 0.24) & (xx < 0.76) & face
+        band = (yy >= BAND_BOX[0] - 0.04) & (yy < BAND_BOX[1] + 0.04) & (xx >= 0.24) & (xx < 0.76) & face
         img[:, band] = (skin * shade)[:, None]
         eye_r = 0.045 + 0.015 * u[8]
         for cx in (0.38, 0.62):
