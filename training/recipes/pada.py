@@ -382,7 +382,9 @@ class PADARecipe(Recipe):
     def _inference_model(self) -> PADA:
         if self.stage == "aging":
             return self.model
-        model = PADA(self.model_config)
+        with torch.random.fork_rng(devices=[]):  # building draws random weights: keep the run's RNG (exact resume)
+            torch.manual_seed(0)
+            model = PADA(self.model_config)
         model.diffae.load_state_dict(self.ema.module.state_dict())
         model.set_stats(*self._latent_statistics(self.ema.module.encoder))
         return model
