@@ -401,16 +401,17 @@ def train(
         if summary:
             print(summary, flush=True)
     stop = max(min(total, stop_after), start) if stop_after is not None else total
-    sampler = StepBatchSampler(len(dataset), loop["batch_size"], rank, world, loop["seed"], start, stop)
+    sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
+    batches = recipe.prepare_data(dataset)
+    sampler = StepBatchSampler(len(batches), loop["batch_size"], rank, world, loop["seed"], start, stop)
     loader = DataLoader(
-        dataset,
+        batches,
         batch_sampler=sampler,
         num_workers=loop["num_workers"],
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
         generator=torch.Generator().manual_seed(loop["seed"]),  # keeps the global RNG untouched (exact resume)
     )
-    sample_images = torch.stack([dataset[i]["image"] for i in range(min(loop["sample_count"], len(dataset)))])
     log = MetricsLog(run_dir, enabled=rank == 0)
     bar = None
     if rank == 0 and loop["progress"]:

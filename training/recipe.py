@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 # model name -> module under training/recipes that registers it (imported lazily).
 RECIPE_MODULES = {
@@ -104,8 +105,17 @@ class TrainContext:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def optimize(self, name: str, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        """One optimiser step on ``loss``: zero grads, backward, average grads over processes, step.
+    def optimize(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        loss: Tensor,
+        clip: Callable[[list[nn.Parameter]], object] | None = None,
+    ) -> None:
+        """One optimiser step on ``loss``: zero grads, backward, average grads over processes, [clip,] step.
+
+        ``clip`` (e.g. ``torch.nn.utils.clip_grad_norm_``) gets the optimiser's parameters once their gradients
+        are averaged and, under fp16, unscaled, just before the step.
 
         Gradients are averaged with one ``all_reduce`` over a flat buffer per step, as DDP's reducer would,
         but after the whole backward: GAN steps take double backward (gradient penalty, R1) and leave whole
@@ -117,6 +127,10 @@ class TrainContext:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         if self.distributed:
             all_reduce_grads(params, self.world_size)
+        if clip is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            clip(params)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -210,6 +224,14 @@ class Recipe(ABC):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Restore :meth:`extra_state`."""
+
+    def prepare_data(self, dataset: Dataset) -> Dataset:
+        """The data set the loop's batches come from, given the opened one (same length, same indices).
+
+        The default is ``dataset`` itself; a recipe that trains on precomputed features (AgeFlow's ICTM on
+        cached latents) returns its own view of it here. Called once per process, before the first step.
+        """
+        return dataset
 
     # --- training ---------------------------------------------------------------------------------------
     @abstractmethod
