@@ -2,8 +2,8 @@
 only).
 
 Shapes at batch 8: PADA's GroupNorm(32) + SiLU at the 256^2, 64^2 and 16^2 UNet levels with per-sample [B, C]
-scale / shift (specs/pada.md section 10 item 3), and AcGAN's InstanceNorm + ReLU (G = C) at 224^2 and 56^2
-(specs/acgan.md section 9). Competitors:
+scale / shift (docs/models/pada.md section 10 item 3), and AcGAN's InstanceNorm + ReLU (G = C) at 224^2 and 56^2
+(docs/models/acgan.md section 9). Competitors:
 - "torch fp32": the runners' previous path: fp32 copy, group_norm, addcmul with the folded affine, act, cast back;
 - "torch group_norm": ATen's own GroupNorm in x's dtype with a [C] affine, then act (no per-sample affine, so
   not a drop-in; the floor of what one library call does).

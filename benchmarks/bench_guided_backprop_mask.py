@@ -21,7 +21,7 @@ from pyagingrt.training.layers.guided_backprop_mask import guided_relu_backward,
 # DEX VGG-16 at 224: conv1_2's activation (the largest guided ReLU), and the input gradient reduced by Eq. (1)
 RELU_CASES = [(1, 64, 224, 224), (8, 64, 224, 224), (8, 512, 28, 28)]
 MASK_CASES = [(1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)]
-KERNEL_SIZE, SIGMA = 29, 4.85  # specs/cusp.md section 3.6, paper224
+KERNEL_SIZE, SIGMA = 29, 4.85  # docs/models/cusp.md section 3.6, paper224
 
 
 def report(name: str, shape: tuple[int, ...], nbytes: int, rows: list[tuple[str, float]]) -> None:

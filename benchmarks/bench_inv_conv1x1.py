@@ -1,6 +1,6 @@
 """Micro-benchmark: agingrt::inv_conv1x1 against torch's conv2d (1x1) on the same inputs (CUDA only).
 
-Shapes are AgeFlow's flow levels at batch 8 (specs/ageflow.md section 3.1) and the ICTM's 1152 channels at 4x4.
+Shapes are AgeFlow's flow levels at batch 8 (docs/models/ageflow.md section 3.1) and the ICTM's 1152 channels at 4x4.
 Minimum traffic is one read of x and one write of y (the weight is small); 2 * C^2 FLOP per pixel.
 Run: python -m benchmarks.bench_inv_conv1x1
 """

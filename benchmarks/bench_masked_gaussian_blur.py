@@ -1,7 +1,7 @@
 """Micro-benchmark: agingrt::masked_gaussian_blur against the torch oracle (two depthwise separable blurs per
 sample and the blend) on the same inputs (CUDA only).
 
-Shapes are CUSP's blurred skip features (128 channels at 56^2, K = 19; specs/cusp.md sections 3.5 and 9) and a
+Shapes are CUSP's blurred skip features (128 channels at 56^2, K = 19; docs/models/cusp.md sections 3.5 and 9) and a
 larger map. Minimum traffic is one read of F and M and one write of the output.
 Run: python -m benchmarks.bench_masked_gaussian_blur
 """

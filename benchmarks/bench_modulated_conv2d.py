@@ -3,7 +3,7 @@
     python -m benchmarks.bench_modulated_conv2d [--dtype float16] [--compile]
 
 The op is compute-bound (one implicit-GEMM conv), so each row reports the median time and TFLOP/s
-(2 * B * O * I * kh * kw * H_in * W_in for up=2, counted on the input grid as specs/cusp.md section 3.7
+(2 * B * O * I * kh * kw * H_in * W_in for up=2, counted on the input grid as docs/models/cusp.md section 3.7
 does; on the output grid for up=1). The custom kernels are the x*s prologue and y*d epilogue: "overhead"
 is native minus the bare ATen conv on the same inputs, and "epi GB/s" the bytes those two passes move
 (read + write of x and of y) over that overhead, next to a device-to-device copy measured in the same run.
@@ -22,7 +22,7 @@ from benchmarks._cuda_timing import time_cuda_ms as time_ms
 from pyagingrt._extension import native_cuda_available
 from pyagingrt.training.layers.modulated_conv2d import modulated_conv2d as torch_modconv
 
-# (name, batch, in_ch, out_ch, size_in, up, padding): CUSP paper224 decoder layers (specs/cusp.md section 3.4)
+# (name, batch, in_ch, out_ch, size_in, up, padding): CUSP paper224 decoder layers (docs/models/cusp.md section 3.4)
 CASES = [
     ("b56 conv1", 1, 512, 512, 56, 1, 1),
     ("b56 conv1", 8, 512, 512, 56, 1, 1),

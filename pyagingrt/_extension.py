@@ -2,7 +2,7 @@
 
 ``import pyagingrt`` never needs _C: the torch backend runs without it. The first call that needs a
 native op calls :func:`require_native`, which raises :class:`NativeExtensionError` naming the build
-command (the torchvision ``_assert_has_ops`` pattern, STYLE.md item 7).
+command (the torchvision ``_assert_has_ops`` pattern, docs/conventions.md item 7).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Side-by-side timing of the backends on the same inputs (``agingrt bench``).
 
-Protocol (notes/performance.md section 7.5): random weights, rotating random inputs (never zeros), warm-up
+Protocol (docs/performance.md section 7.5): random weights, rotating random inputs (never zeros), warm-up
 first, then the median of CUDA-event timings (wall clock on CPU) over ``iters`` calls; FLOPs from
 FlopCounterMode on one image; achieved TFLOP/s and % of the GPU's dense fp16 peak; build (or compile) time
 reported apart. Every variant of one model and batch is timed in the same process on the same inputs, so
@@ -28,7 +28,7 @@ from .backends.registry import backend_names
 from .errors import AgingError, InputError
 from .profiling import GRAPHS_NOTE, ProfileOptions, ProfileSummary, prepare_profile_dir, profile_calls
 
-# Dense fp16/bf16 tensor-core peaks in TFLOP/s (datasheets; notes/performance.md section 1.1).
+# Dense fp16/bf16 tensor-core peaks in TFLOP/s (datasheets; docs/performance.md section 1.1).
 GPU_FP16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "V100": 125.0, "L4": 121.0, "T4": 65.0}
 
 

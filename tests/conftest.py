@@ -34,7 +34,7 @@ def _isolate_rng():
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """TF32 would break the fp32 tolerances (specs/ageflow.md section 8 item 3); keep it off in tests."""
+    """TF32 would break the fp32 tolerances (docs/models/ageflow.md section 8 item 3); keep it off in tests."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -1,4 +1,4 @@
-"""Parity checks shared by the native-backend tests (STYLE.md item 13).
+"""Parity checks shared by the native-backend tests (docs/conventions.md item 13).
 
 fp32: native vs torch within a stated absolute tolerance. fp16/bf16 (flash-attention's rule): the native
 engine's max error against the torch fp32 output must be at most twice the error of torch's own run of the

@@ -1,5 +1,5 @@
 // ddim_step: one fused deterministic DDIM update (eta = 0), one pass over memory.
-// Torch-free: raw pointers, a params struct, a stream, a returned Status (STYLE.md item 2).
+// Torch-free: raw pointers, a params struct, a stream, a returned Status (docs/conventions.md item 2).
 //
 // Notation (PADA eqs. (1)-(3); DiffAE diffusion/base.py ddim_sample), per element i:
 //   A = sqrt(1/abar_t)        sqrt_recip_alphas_cumprod

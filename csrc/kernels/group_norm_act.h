@@ -1,12 +1,12 @@
 // group_norm_act: GroupNorm statistics, a per-(n, c) affine and an activation in one op (PADA UNet, AcGAN IN).
-// Torch-free: raw pointers, a params struct, a stream, a returned Status (STYLE.md item 2).
+// Torch-free: raw pointers, a params struct, a stream, a returned Status (docs/conventions.md item 2).
 //
 // Per sample n and group g (channels c in [g * C/G, (g + 1) * C/G)), over the (C/G) x H x W values of the group:
 //   mu[n, g]   = mean(x)                             GroupNorm (Wu & He, ECCV 2018) eqs. (1)-(2)
 //   var[n, g]  = mean((x - mu)^2)                    biased, as nn.GroupNorm / nn.InstanceNorm2d
 //   y[n, c, p] = act((x[n, c, p] - mu) * rstd * scale[n, c] + shift[n, c]),   rstd = 1 / sqrt(var + eps)
-// InstanceNorm is G = C (AcGAN, specs/acgan.md section 9). PADA folds the GN affine, the time scale/shift and the
-// condition scale into scale and shift (specs/pada.md section 10 item 3):
+// InstanceNorm is G = C (AcGAN, docs/models/acgan.md section 9). PADA folds the GN affine, the time scale/shift and the
+// condition scale into scale and shift (docs/models/pada.md section 10 item 3):
 //   scale = g (1 + s_t)(1 + s_c),   shift = (beta (1 + s_t) + b_t)(1 + s_c).
 // Statistics are at least fp32 for every x dtype (fp32 partials over fixed blocks merged in float64 on the CPU
 // reference) and deterministic: fixed partitions merged in a fixed order with Chan's formula, no float atomics.

@@ -1,5 +1,5 @@
 // guided_backprop_mask: CUSP's structure mask from guided backpropagation (CUSP ECCV 2022, Eq. (1);
-// specs/cusp.md section 3.6; Springenberg et al. 2014 for the guided ReLU).
+// docs/models/cusp.md section 3.6; Springenberg et al. 2014 for the guided ReLU).
 //
 //   guided ReLU backward     g_in = g_out * [a > 0] * [g_out > 0]
 //   Eq. (1), per image b, from the input gradient G [B, C, H, W]:
@@ -9,7 +9,7 @@
 //     4. tau = 2 * std(B~) + 1e-15                unbiased std over the H*W pixels
 //     5. M   = min(B~ / tau, 1)  in [0, 1]
 // Statistics are accumulated in float64 in a fixed order (no atomics): the same input gives the same bits.
-// Torch-free: raw pointers, sizes, strides, a params struct, a stream, a returned Status (STYLE.md item 2).
+// Torch-free: raw pointers, sizes, strides, a params struct, a stream, a returned Status (docs/conventions.md item 2).
 #pragma once
 
 #include <cstddef>

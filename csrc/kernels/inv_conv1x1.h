@@ -1,5 +1,5 @@
-// inv_conv1x1: Glow's invertible 1x1 convolution with ActNorm folded in (AgeFlow; specs/ageflow.md 3.1, 9).
-// Torch-free: raw pointers, a params struct, a stream, a returned Status (STYLE.md item 2).
+// inv_conv1x1: Glow's invertible 1x1 convolution with ActNorm folded in (AgeFlow; docs/models/ageflow.md 3.1, 9).
+// Torch-free: raw pointers, a params struct, a stream, a returned Status (docs/conventions.md item 2).
 //
 // Per sample b and pixel p (p = h * W + w), with A [C, C] and c [C]:
 //   y[b, :, p] = A x[b, :, p] + c

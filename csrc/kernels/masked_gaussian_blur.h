@@ -1,5 +1,5 @@
 // masked_gaussian_blur: CUSP's masked dual Gaussian blur of skip features (CUSP ECCV 2022, Eq. (2);
-// specs/cusp.md sections 3.5 and 9). Torch-free: raw pointers, a params struct, a stream, a Status.
+// docs/models/cusp.md sections 3.5 and 9). Torch-free: raw pointers, a params struct, a stream, a Status.
 //
 // Per sample b, channel c and pixel (y, x), with K odd taps, R = (K - 1) / 2 and zero padding:
 //   h_s[y, x] = sum_j k_s[j] F[y, x + j - R]          horizontal pass, s in {m, g}

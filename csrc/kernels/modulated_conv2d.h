@@ -1,12 +1,12 @@
 // modulated_conv2d: the custom parts of StyleGAN2's modulated convolution in activation-scaling form
-// (Karras et al. 2020, Eqs. (1)-(3); specs/cusp.md section 3.4; notes/performance.md section 3.2):
+// (Karras et al. 2020, Eqs. (1)-(3); docs/models/cusp.md section 3.4; docs/performance.md section 3.2):
 //
 //   y_b = d_b * conv(s_b * x_b, W)              one shared-weight convolution (cuDNN / ATen, in the adapter)
 //   d_{b,o} = (sum_i s_{b,i}^2 Q_{o,i} + eps)^(-1/2),   Q_{o,i} = sum_k W_{o,i,k}^2        Eq. (3)
 //
 // The kernels here are the prologue x * s per (b, c_in), the epilogue y * d per (b, c_out) (one kernel,
 // scale_channels, used twice) and the tiny demodulation reduction. Torch-free: raw pointers, a params
-// struct, a stream, a returned Status (STYLE.md item 2).
+// struct, a stream, a returned Status (docs/conventions.md item 2).
 #pragma once
 
 #include <cstdint>

@@ -44,7 +44,7 @@ DdimStepParams make_params(const at::Tensor& x, const at::Tensor& e, at::Tensor&
     p.n = x.numel();
     p.x_dtype = to_kernel_dtype(x.scalar_type());
     p.eps_dtype = to_kernel_dtype(e.scalar_type());
-    // Coefficients in float64 on the host (specs/pada.md section 4).
+    // Coefficients in float64 on the host (docs/models/pada.md section 4).
     p.coef_a = std::sqrt(1.0 / alpha_bar_t);
     p.coef_b = std::sqrt(1.0 / alpha_bar_t - 1.0);
     p.coef_c = std::sqrt(alpha_bar_prev);

@@ -10,7 +10,7 @@
 // metadata (shapes, dtypes, devices; never a tensor value, never a device-to-host copy), allocate their outputs
 // and workspace with ATen (the caching allocator serves them during capture) and launch on the current stream.
 // guided_backprop_mask builds its taps on the host and copies them to the device on every call: not capturable.
-// No autograd: the mask is detached (specs/cusp.md section 3.6) and the backward is run explicitly.
+// No autograd: the mask is detached (docs/models/cusp.md section 3.6) and the backward is run explicitly.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -133,7 +133,7 @@ at::Tensor inv_conv1x1_cuda_impl(const at::Tensor& x, const at::Tensor& weight, 
     const int64_t pixels = x.size(2) * x.size(3);
     if (x.scalar_type() == at::kFloat && c >= kCublasMinChannels && *pixel_stride(xi) == 1 && y.is_contiguous()) {
         // y[b] = W x[b] (+ c): one strided-batched SGEMM. TF32 follows torch.backends.cuda.matmul.allow_tf32
-        // (off by default; the flow's fp32 bounds need it off, specs/ageflow.md section 8 item 3).
+        // (off by default; the flow's fp32 bounds need it off, docs/models/ageflow.md section 8 item 3).
         const at::Tensor x3 = xi.as_strided({n, c, pixels}, {xi.stride(0), xi.stride(1), 1});
         at::Tensor y3 = y.view({n, c, pixels});
         const at::Tensor w3 = w.unsqueeze(0).expand({n, c, c});

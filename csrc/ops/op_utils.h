@@ -1,5 +1,5 @@
 // Helpers shared by the torch adapters in csrc/ops: validation messages, dtype mapping, kernel status.
-// Adapters validate everything; kernels trust their inputs (STYLE.md item 3).
+// Adapters validate everything; kernels trust their inputs (docs/conventions.md item 3).
 #pragma once
 
 #include <ATen/ATen.h>

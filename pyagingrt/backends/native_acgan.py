@@ -1,9 +1,9 @@
-"""AcGAN's native runner: the generator rewritten for inference (specs/acgan.md section 9).
+"""AcGAN's native runner: the generator rewritten for inference (docs/models/acgan.md section 9).
 
 Rewrites, each exact in real arithmetic (fp32 results differ from the torch backend only by rounding order):
 
-1. **Split stem** (spec 9 item 5). The stem conv is linear in its 3 + c_dim input channels and the condition
-   channels hold a one-hot code that is constant over the image, so
+1. **Split stem** (docs/models/acgan.md 9 item 5). The stem conv is linear in its 3 + c_dim input channels and the
+   condition channels hold a one-hot code that is constant over the image, so
    ``conv(cat(x, tile(c)), W) = conv(x, W[:, :3]) + R[group]`` with ``R[k] = conv(ones, W[:, 3 + k])``,
    precomputed once per group at build time (:func:`condition_responses`). R is a constant per channel
    plus a 3-pixel frame where zero padding cuts the 7x7 kernel; it is *not* folded into a bias, since the
@@ -14,10 +14,10 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    (it would pay off only inside a custom conv epilogue; not measured, see ``split_stem``).
 2. **Fused InstanceNorm + ReLU**: IN is GroupNorm with G = C, so each IN (+ ReLU) is one
    ``agingrt::group_norm_act`` (:func:`instance_norm_act`): biased statistics over H x W in fp32 whatever the
-   activation dtype (spec 8 item 9), then ``act((y - mu) * (gamma * rstd) + beta)`` in fp32, stored once in
-   the activation dtype and layout. The residual tail ``x + IN(y)`` adds in place into the IN output.
-3. **Merged heads** (spec 9 item 4): img_reg (64 -> 3) and attention_reg (64 -> 1) read the same features
-   with the same 7x7 geometry, so one 64 -> 4 conv with the two weights stacked computes the same dot
+   activation dtype (docs/models/acgan.md 8 item 9), then ``act((y - mu) * (gamma * rstd) + beta)`` in fp32, stored once
+   in the activation dtype and layout. The residual tail ``x + IN(y)`` adds in place into the IN output.
+3. **Merged heads** (docs/models/acgan.md 9 item 4): img_reg (64 -> 3) and attention_reg (64 -> 1) read the same
+   features with the same 7x7 geometry, so one 64 -> 4 conv with the two weights stacked computes the same dot
    products in one pass. tanh / sigmoid and Eq. (1) then run in fp32 through the model's
    :func:`~pyagingrt.training.models.acgan.mask_blend` (A == 1 gives x and A == 0 gives C bitwise), against
    the fp32 input x, so kept pixels are the input's exactly in every precision.
@@ -31,7 +31,7 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    (docs/export.md).
 
 Not done: the transposed convs stay conv_transpose2d. cuDNN and oneDNN compute them as the data gradient of
-a convolution, without zero insertion, so the four 2x2 phase convolutions of spec 9 item 6 would save no
+a convolution, without zero insertion, so the four 2x2 phase convolutions of docs/models/acgan.md 9 item 6 would save no
 FLOPs with library kernels; they pay off only in a custom kernel that also fuses the IN prologue.
 """
 

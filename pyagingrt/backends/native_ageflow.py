@@ -1,18 +1,18 @@
-"""AgeFlow's native runner: G -> T -> G^-1 rewritten for inference (specs/ageflow.md sections 3.1, 8, 9).
+"""AgeFlow's native runner: G -> T -> G^-1 rewritten for inference (docs/models/ageflow.md sections 3.1, 8, 9).
 
 Rewrites, each exact in real arithmetic (the fp32 engine differs from the torch backend only by rounding, and
 the float64 engine, which the tests build, agrees with the float64 torch module to ~1e-14):
 
-1. **ActNorm folded into each invertible 1x1 conv** (spec 9, performance notes 3.4). ``y = W (s * (x + loc))``
-   is the affine ``W' x + b'`` with ``W' = W diag(s)``, ``b' = W (s * loc)``; its inverse is ``W'^-1 z - loc``.
-   W is rebuilt from its LU factors, folded and inverted once, in float64, when the runner is built
+1. **ActNorm folded into each invertible 1x1 conv** (docs/models/ageflow.md 9, docs/performance.md 3.4).
+   ``y = W (s * (x + loc))`` is the affine ``W' x + b'`` with ``W' = W diag(s)``, ``b' = W (s * loc)``; its inverse is
+   ``W'^-1 z - loc``. W is rebuilt from its LU factors, folded and inverted once, in float64, when the runner is built
    (:func:`~pyagingrt.training.layers.inv_conv1x1.fold_actnorm_inv_conv1x1`), then stored in the stream dtype.
    Both directions are one ``inv_conv1x1`` op; no matrix is inverted while the engine runs. T's LU convs have
    no ActNorm and fold the same way with ``loc = 0, s = 1``.
 2. **ZeroConv2d's gain folded into its weight and bias**: ``conv(x, w) * g + b * g`` with ``g = exp(3 scale)``
    per output channel is ``conv(x, w * g) + b * g``.
-3. **Pad-with-1 as zero padding plus a border bias map** (spec 9). The conv is linear in its input, and the
-   1-padded input is the zero-padded input plus a frame of ones, so ``conv(pad1(x)) = conv(pad0(x)) + B`` with
+3. **Pad-with-1 as zero padding plus a border bias map** (docs/models/ageflow.md 9). The conv is linear in its input,
+   and the 1-padded input is the zero-padded input plus a frame of ones, so ``conv(pad1(x)) = conv(pad0(x)) + B`` with
    ``B[o, y, x]`` the sum of ``sum_c w[o, c, dy, dx]`` over the taps of output pixel (y, x) that land on the
    frame. B depends only on the weights and the map size, so it is precomputed once per coupling (its level
    fixes the size) in float64, with the folded bias added: one stream-dtype map ``[1, C/2, H, W]`` added with
@@ -29,13 +29,13 @@ the float64 engine, which the tests build, agrees with the float64 torch module 
 6. **T likewise**, with the prior generator as a table gather: ``Linear(onehot(g))`` on a bias-free layer is
    exactly row g of its weight, so (mu_t, rho_t) is one ``index_select`` of a precomputed table. Channel
    attention runs as is (a [B, h] gate, applied in place).
-7. **Precision and layout** (spec 9 "Precision"): the residual stream, the folded 1x1 affines, the
+7. **Precision and layout** (docs/models/ageflow.md 9 "Precision"): the residual stream, the folded 1x1 affines, the
    zero-conv border maps, the additive updates, the eps-mode priors and all of T are fp32 (float64 in the
    float64 test engine; G's stream optionally float64, see "Round trip" below). G's coupling networks
    (3x3 -> ReLU -> 1x1 -> ReLU -> zero conv) run in the engine dtype (fp16/bf16 on CUDA, bf16 possible on CPU)
    with ``channels_last`` on CUDA; their output is promoted to the stream dtype when the border map is added,
    before it touches the stream. On CUDA, TF32 is switched off for the
-   duration of forward() (cuDNN convs and matmuls), because "fp32" in the spec means IEEE fp32 (section 8
+   duration of forward() (cuDNN convs and matmuls), because "fp32" in docs/models/ageflow.md means IEEE fp32 (section 8
    item 3); the caller's flags are restored afterwards.
 8. **Graph-safe forward**: prepare() validates on the host and returns the images and group indices;
    forward() quantises, encodes, translates, decodes and post-processes with device work only (no syncs, no
@@ -47,14 +47,15 @@ ZeroConvs in the stream dtype with the same folding (2 and 3).
 **Round trip with half-precision networks.** The coupling inverts exactly for any network output, but an
 fp16/bf16 network is a step function of its input: wherever decode's x_a differs from encode's by the fp32
 stream's rounding, some rounded hidden activations flip by one half-type ulp. The error then grows with the
-half type's ulp times the flow's amplification, not with fp32's. Measured on CPU with the spec's random weights
-(64x64, 4 levels x 32 steps, width 512): fp32 networks 4.3e-5, fp16 networks 9.2e-3 with an fp32 stream,
+half type's ulp times the flow's amplification, not with fp32's. Measured on CPU with docs/models/ageflow.md's random
+weights (64x64, 4 levels x 32 steps, width 512): fp32 networks 4.3e-5, fp16 networks 9.2e-3 with an fp32 stream,
 2.7e-13 with ``stream_dtype=torch.float64``. The wider stream leaves the networks' input bit-identical in
 practice, costs about one more stream-sized read/write per op (the stream is 0.8 MB per image in fp32, the
 hidden tensors 16.8 MB), and on CUDA runs the 1x1 affines as cuDNN float64 1x1 convs until inv_conv1x1 has a
-CUDA float64 kernel. Spec section 9 fixes the stream at fp32, but its own round-trip bound (1e-3, section 8
+CUDA float64 kernel. docs/models/ageflow.md 9 fixes the stream at fp32, but its own round-trip bound (1e-3, section 8
 item 3) is out of reach with fp16 networks on an fp32 stream, so engines with fp16/bf16 networks default to a
-float64 stream (a project decision recorded here; ``stream_dtype=torch.float32`` restores the spec's choice).
+float64 stream
+(a project decision recorded here; ``stream_dtype=torch.float32`` restores docs/models/ageflow.md's choice).
 """
 
 from __future__ import annotations
@@ -366,7 +367,7 @@ class AgeFlowRunner(NativeRunner):
                 weight, bias_map = fold_zero_conv(block.prior, side, side)  # float64
                 prior = (weight.to(self.device, stream), bias_map.to(self.device, stream))
             self.levels.append(FoldedLevel(steps, prior))
-        # T stays fp32 (spec 9: "all of T stays fp32"), NCHW (4x4 maps).
+        # T stays fp32 (docs/models/ageflow.md 9: "all of T stays fp32"), NCHW (4x4 maps).
         t_dtype = self.ictm_dtype
         self.ictm = nn.ModuleList(
             fold_flow_step(

@@ -1,16 +1,16 @@
-"""CUSP's native runner: the generator and its guided-backprop mask rewritten for inference (specs/cusp.md 9).
+"""CUSP's native runner: the generator and its guided-backprop mask rewritten for inference (docs/models/cusp.md 9).
 
 Rewrites, each exact in real arithmetic (fp32 results differ from the torch backend only by rounding order):
 
-1. **Age tables** (spec 9 "Exact reuse"). w_a = M_a(onehot(a)), the five conv0 styles s0 = A0 w_a and their
-   demodulation coefficients d0 = (s0^2 Q0^T + 1e-8)^(-1/2) depend only on the target class, so they are
+1. **Age tables** (docs/models/cusp.md 9 "Exact reuse"). w_a = M_a(onehot(a)), the five conv0 styles s0 = A0 w_a and
+   their demodulation coefficients d0 = (s0^2 Q0^T + 1e-8)^(-1/2) depend only on the target class, so they are
    tabulated for every class at build time (:func:`age_tables`); a call gathers rows by index and runs no age
    MLP, no conv0 affine and no conv0 demodulation.
-2. **One style GEMM.** ws repeats the same w_s for every conv1 and toRGB layer (spec 3.3), so the ten
+2. **One style GEMM.** ws repeats the same w_s for every conv1 and toRGB layer (docs/models/cusp.md 3.3), so the ten
    style-modulated affines are one linear map with their weights stacked (:func:`stacked_style_affine`); the
    toRGB gain 1/sqrt(C_in) is folded into its rows (a scalar factor, moved inside a sum).
-3. **Modulated convs in activation-scaling form** (spec 3.4, 9 "modconv"): y = conv(x * s, W) * d with one
-   shared-weight conv, d from the build-time Q = sum_k W^2 (:func:`demodulation`). For fp16 the StyleGAN2
+3. **Modulated convs in activation-scaling form** (docs/models/cusp.md 3.4, 9 "modconv"): y = conv(x * s, W) * d with
+   one shared-weight conv, d from the build-time Q = sum_k W^2 (:func:`demodulation`). For fp16 the StyleGAN2
    pre-normalisation is applied as exact algebra: W is stored scaled by c_o = 1 / (sqrt(I k^2) max|W_o|)
    and s divided by its per-sample max m_b; the epilogue then multiplies by d * m_b / c_o, which undoes both
    (conv is linear in x and in W), so the conv inputs stay O(1) and cannot overflow fp16.
@@ -21,8 +21,8 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    draws the model's per-seed maps (``CUSP.make_noise``) and multiplies by strength, so forward only adds.
 5. **Shared first encoder layer.** E_c and E_s both start with FIR then a stride-2 conv of x, so the FIR runs
    once and one conv with the two weights stacked along the output channels computes both (same dot products).
-6. **Explicit guided backprop** (spec 3.6, 9 "Mask"; notes/performance.md 3.5 option A). The DEX forward keeps
-   each ReLU's output (its sign is the guided mask) and each max-pool's argmax indices; the backward is written
+6. **Explicit guided backprop** (docs/models/cusp.md 3.6, 9 "Mask"; docs/performance.md 3.5 option A). The DEX forward
+   keeps each ReLU's output (its sign is the guided mask) and each max-pool's argmax indices; the backward is written
    out: fc transposes, guided ReLU g [a > 0] [g > 0], pool backward as a scatter to the argmax (the same
    indices autograd uses, so ties match), conv data gradients as transposed convs with the same weights, the
    bilinear resize's adjoint as two small matrices (its exact weights, tabulated by resizing an identity),
@@ -43,13 +43,13 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
 8. **Graph key.** Sigmas, seeds and ages are input tensors, so one graph per (noise mode, mask needed) serves
    every value; the DEX pass is skipped, as in the model, when no sample blurs inside the mask.
 
-Precision (spec 9): conv weights and activations in the engine dtype (``channels_last`` on CUDA); the MLPs,
-s, d, the skip blur, the mask reduction (fp32 gradient in, fp32 mask out; the op accumulates its statistics in
+Precision (docs/models/cusp.md 9): conv weights and activations in the engine dtype (``channels_last`` on CUDA); the
+MLPs, s, d, the skip blur, the mask reduction (fp32 gradient in, fp32 mask out; the op accumulates its statistics in
 float64) and the RGB accumulator in fp32.
 
 Not done: phase decomposition of conv0's transposed conv (cuDNN/oneDNN run it as a convolution data gradient
 without zero insertion, so with library kernels it saves no MACs); zero-padding the 292/146 channels to
-multiples of 16 (optional in the spec; not measurable without a GPU).
+multiples of 16 (optional in docs/models/cusp.md; not measurable without a GPU).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class CUSPRunner(NativeRunner):
         if not isinstance(module, CUSP):
             raise TypeError(f"CUSPRunner needs the CUSP model, got {type(module).__name__}")
         self.channels_last = device.type == "cuda" if channels_last is None else channels_last
-        self._make_noise = module.make_noise  # the model's own per-seed noise order (spec 2.2)
+        self._make_noise = module.make_noise  # the model's own per-seed noise order (docs/models/cusp.md 2.2)
         with torch.no_grad():
             self._build(module)
         self.register_tensors()  # the folded tensors become buffers: the runner is the inference graph's module

@@ -1,31 +1,31 @@
-"""PADA's native runner: DiffAE sampling rewritten for inference (specs/pada.md sections 4 and 10).
+"""PADA's native runner: DiffAE sampling rewritten for inference (docs/models/pada.md sections 4 and 10).
 
 Rewrites, each exact in real arithmetic (fp32 results differ from the torch backend only by rounding order):
 
-1. **Hoisted time path** (spec 10 item 1). The T scheduled timesteps are fixed, so the time MLP and every
+1. **Hoisted time path** (docs/models/pada.md 10 item 1). The T scheduled timesteps are fixed, so the time MLP and every
    conditioned ResBlock's ``emb_layers`` depend on the step alone. :func:`time_table` evaluates them once per
    ``steps`` (at build for the config's steps, otherwise in ``prepare`` on first use) and folds them with the
    ResBlock's second GroupNorm affine (g, beta): ``gain = g * (1 + s_t)``, ``shift = beta * (1 + s_t) + b_t``,
    fp32 tables [T, sum C] with all 42 blocks (paper) side by side.
-2. **Hoisted condition path** (spec 10 item 2). ``cond_emb_layers(SiLU(z))`` does not depend on the step: one
-   GEMM per call against the 42 weights concatenated (:func:`condition_scale`, [N, Z] x [Z, sum C]). With the
+2. **Hoisted condition path** (docs/models/pada.md 10 item 2). ``cond_emb_layers(SiLU(z))`` does not depend on the step:
+   one GEMM per call against the 42 weights concatenated (:func:`condition_scale`, [N, Z] x [Z, sum C]). With the
    time table it gives each block's folded affine for every step at once (:func:`modulation_tables`):
    ``GN_b(h) * (1 + s_t) + b_t) * (1 + s_c) = norm(h) * a + b`` with ``a = gain * (1 + s_c)`` and
-   ``b = shift * (1 + s_c)`` (spec 10 item 3), so a step slices its rows and launches no small kernels.
-3. **Fused GroupNorm + affine + SiLU** (D24, spec 10 item 3): one ``agingrt::group_norm_act`` per norm
+   ``b = shift * (1 + s_c)`` (docs/models/pada.md 10 item 3), so a step slices its rows and launches no small kernels.
+3. **Fused GroupNorm + affine + SiLU** (D24, docs/models/pada.md 10 item 3): one ``agingrt::group_norm_act`` per norm
    (:func:`group_norm_act`, :func:`modulated_group_norm_act`): fp32 statistics, the folded per-(n, c) affine and
    SiLU in fp32 in one pass, the result stored in the engine dtype and layout for the next conv. The GN affines
    the runner applies itself are fp32 copies made once at build.
-4. **Phase-decomposed up-ResBlocks** (spec 10 item 4, ``phase_up``): nearest x2 followed by conv3x3 equals four
-   2x2 convolutions of the low-resolution input whose taps are the conv's taps summed per phase
+4. **Phase-decomposed up-ResBlocks** (docs/models/pada.md 10 item 4, ``phase_up``): nearest x2 followed by conv3x3
+   equals four 2x2 convolutions of the low-resolution input whose taps are the conv's taps summed per phase
    (:func:`phase_weights`): 16 instead of 36 multiply-adds per 2x2 output block, and no 4x upsampled tensor.
    On by default; its speed against cuDNN's plain conv on the upsampled tensor still needs a GPU measurement.
-5. **Attention through SDPA** (spec 10 item 5): ``v softmax((q C^-1/4)^T (k C^-1/4))^T`` is SDPA with scale
-   1/sqrt(C) on token-major q, k, v; the qkv and proj_out 1x1 convs become linear layers on [N, T, C] tokens,
+5. **Attention through SDPA** (docs/models/pada.md 10 item 5): ``v softmax((q C^-1/4)^T (k C^-1/4))^T`` is SDPA with
+   scale 1/sqrt(C) on token-major q, k, v; the qkv and proj_out 1x1 convs become linear layers on [N, T, C] tokens,
    a free view of a channels_last activation.
 6. **Fused DDIM step**: each update through ``pyagingrt.ops.ddim_step`` (clip=True, DiffAE's clip_denoised),
    x_t and its arithmetic in fp32, eps in the engine dtype (D24); inversion is the same op with abar_next.
-7. **Pluralistic batching** (spec 10 item 8): the K samples of an image share its z_src (and, for
+7. **Pluralistic batching** (docs/models/pada.md 10 item 8): the K samples of an image share its z_src (and, for
    ``x_T="invert"``, its inversion): the encoder runs at batch B and the UNet at batch B*K.
 8. **Graph-safe forward**: ``prepare`` does all host work: the seed rule (D10, the same draws as the torch
    backend), CLIP text embeddings (the 7 groups x 3 genders cached per CLIP at build, free text in PADA's
@@ -121,7 +121,8 @@ def condition_scale(cond: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 def modulation_tables(table: TimeTable, cond_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample, per-step folded affine: (a, b), each Tensor[N, T, sum C] in the tables' dtype (spec 10 item 3)."""
+    """Per-sample, per-step folded affine: (a, b), each Tensor[N, T, sum C]
+    in the tables' dtype (docs/models/pada.md 10 item 3)."""
     a = table.gain[None] * cond_scale[:, None]  # [N, T, sum C]
     b = table.shift[None] * cond_scale[:, None]  # [N, T, sum C]
     return a, b
@@ -290,7 +291,7 @@ class PADARunner(NativeRunner):
         self.table(self.config.steps)
         self.prompt_table: dict[tuple[int, str], Tensor] = {}
         self.prompt_clip: object | None = None
-        if module._clip is not None:  # the 7 groups x 3 genders at build (spec 10 item 8)
+        if module._clip is not None:  # the 7 groups x 3 genders at build (docs/models/pada.md 10 item 8)
             for group in range(len(self.adapter.age_groups(self.config))):
                 for gender in GENDERS:
                     self._prompt(group, gender)

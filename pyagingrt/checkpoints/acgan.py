@@ -1,7 +1,7 @@
 """Official AcGAN checkpoints (JensonZhu14/AcGAN ``{n:05d}_netG.pth`` / ``_netD.pth``) -> our modules' state dicts.
 
 The official files are ``torch.save`` of DataParallel state dicts (every key starts with ``module.``), written
-by PyTorch 1.3 in the legacy (non-zip) format. Rules (specs/acgan.md section 5):
+by PyTorch 1.3 in the legacy (non-zip) format. Rules (docs/models/acgan.md section 5):
 
 1. read with ``torch.load(weights_only=True)`` on CPU, legacy or zip format; nothing in the file is executed;
 2. strip ``module.`` only when every key has it (a mix is refused);

@@ -245,7 +245,9 @@ def _check_filters(tensors: Mapping[str, Tensor], config: CUSPConfig, source: st
                 f"{source}: blur_list has shape {tuple(bank.shape)}, expected {(BLUR_BANK_SIZE, kernel, kernel)}"
             )
         if not torch.allclose(bank.double(), official_blur_bank(size, kernel), atol=1e-6, rtol=0):
-            raise CheckpointError(f"{source}: blur_list differs from the official Gaussian bank (spec section 3.5)")
+            raise CheckpointError(
+                f"{source}: blur_list differs from the official Gaussian bank (docs/models/cusp.md section 3.5)"
+            )
 
 
 def _mask_kernel_expression(sources: Mapping[str, str]) -> str | None:

@@ -1,6 +1,6 @@
-"""AcGAN adapter: ages in years -> one of five groups, one generator pass, Eq. (1) blend (specs/acgan.md).
+"""AcGAN adapter: ages in years -> one of five groups, one generator pass, Eq. (1) blend (docs/models/acgan.md).
 
-Age groups (official code edges, both data sets; specs/acgan.md section 2). A target age is rounded to the
+Age groups (official code edges, both data sets; docs/models/acgan.md section 2). A target age is rounded to the
 nearest whole year, halves up (20.5 -> 21), then:
 
 =====  ========  =============

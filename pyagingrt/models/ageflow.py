@@ -22,7 +22,7 @@ from ..training.models.ageflow import (
 )
 from .base import AgeGroup, ModelAdapter, OptionSpec
 
-# specs/ageflow.md section 2: a = floor(age); g0 a <= 30, g1 31-40, g2 41-50, g3 a >= 51.
+# docs/models/ageflow.md section 2: a = floor(age); g0 a <= 30, g1 31-40, g2 41-50, g3 a >= 51.
 AGE_GROUPS = (
     AgeGroup(0, 0, 30, "30-"),
     AgeGroup(1, 31, 40, "31-40"),
@@ -32,7 +32,7 @@ AGE_GROUPS = (
 MIN_AGE, MAX_AGE = 0.0, 120.0
 WARN_BELOW = 15.0  # MORPH and CACD hold almost no children
 
-# Random-weight perturbation (specs/ageflow.md section 8 preamble): zero-initialised layers would make every
+# Random-weight perturbation (docs/models/ageflow.md section 8 preamble): zero-initialised layers would make every
 # coupling, and T, the identity, so a random engine would return its input.
 ZERO_CONV_STD_AT_512 = 0.005  # coupling update RMS about 0.1 of the stream's at width 512; scaled by sqrt(512/h)
 ACTNORM_STD = 0.1  # log-scales and locs ~ N(0, 0.1^2)

@@ -150,7 +150,8 @@ class ModelAdapter(ABC):
     def convert_official(
         self, path: Path, config_name: str | None = None, **load_options: Any
     ) -> tuple[Any, dict[str, Tensor]]:
-        """Read an official checkpoint (see the spec's layout) and return (config, state_dict of ``build``).
+        """Read an official checkpoint (see the layout in docs/models/<model>.md)
+        and return (config, state_dict of ``build``).
 
         ``load_options`` are the extra keyword arguments given to load() (e.g. CUSP ``dex=``, PADA
         ``latent=``); a converter uses the ones it needs and ignores the rest.

@@ -1,4 +1,4 @@
-"""CUSP adapter: ages in years -> one-hot classes, user-set structure preservation (specs/cusp.md section 2).
+"""CUSP adapter: ages in years -> one-hot classes, user-set structure preservation (docs/models/cusp.md section 2).
 
 Configs: ``paper224`` (FFHQ-RR weights, the default), ``paper256`` (FFHQ-LS weights) and ``tiny`` (tests).
 
@@ -18,7 +18,7 @@ Options of ``Engine.age``:
   one per image, 0 <= sigma <= max(9, H/25). Defaults: the paper's custom presets, (9, 0) for paper224 and
   tiny, (8, 4.5) for paper256. Low values keep the face's shape; high values let chin, jaw and hair change.
 * ``noise``: "const" (default; the stored maps: deterministic, batch independent), "random" (fresh maps per
-  image from per-image seeds, spec section 2.2) or "none".
+  image from per-image seeds, docs/models/cusp.md section 2.2) or "none".
 * ``noise_seeds``: with noise="random", one int seed per image; by default they are drawn from the run's
   generator (image b gets the b-th draw), so a seed gives the same output on any device and batch size.
 
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..errors import InputError, RandomWeightsWarning
 from .base import AgeGroup, ModelAdapter, OptionSpec
 
-MIN_RR_AGE, MAX_RR_AGE = 20, 69  # the FFHQ-RR training ages (spec section 2)
+MIN_RR_AGE, MAX_RR_AGE = 20, 69  # the FFHQ-RR training ages (docs/models/cusp.md section 2)
 LS_CLUSTERS = ((0, 2), (3, 6), (7, 9), (10, 14), (15, 19), (20, 29), (30, 39), (40, 49), (50, 69), (70, math.inf))
 NOISE_MODES = ("const", "random", "none")
 NOISE_STRENGTH_STD = 0.1  # random-weight perturbation of the zero-initialised noise strengths

@@ -1,4 +1,4 @@
-"""PADA adapter: text- or reference-guided, pluralistic aging with a DiffAE decoder (specs/pada.md).
+"""PADA adapter: text- or reference-guided, pluralistic aging with a DiffAE decoder (docs/models/pada.md).
 
 Target ages map to the 7 FFHQ-AT groups by closed intervals in whole years (D11):
 

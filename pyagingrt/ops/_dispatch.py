@@ -1,7 +1,7 @@
 """How a typed op wrapper picks between the compiled op and the pure-PyTorch oracle.
 
 ``impl="native"`` always runs ``torch.ops.agingrt.<op>`` and raises NativeExtensionError when the
-extension is missing (never a silent fallback, STYLE.md item 6). ``impl="torch"`` always runs the oracle
+extension is missing (never a silent fallback, docs/conventions.md item 6). ``impl="torch"`` always runs the oracle
 from ``pyagingrt.training.layers``. ``impl="auto"`` runs the native op when the extension is built and no
 input needs a gradient (the native ops have no autograd unless stated), else the oracle.
 """

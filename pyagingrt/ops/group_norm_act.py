@@ -30,7 +30,7 @@ def group_norm_act(
     Statistics are per (sample, group) over (C/G) x H x W with the biased variance, in fp32 for fp32 / fp16 /
     bf16 x (float64 for float64 x) and deterministic. InstanceNorm is ``groups = C``. Callers fold everything
     affine into scale and shift: a GroupNorm's own (gamma, beta) as [C], or PADA's time and condition modulation
-    as [B, C] (specs/pada.md section 10 item 3).
+    as [B, C] (docs/models/pada.md section 10 item 3).
 
     The native op is inference-only (no autograd): ``impl="auto"`` runs the differentiable oracle when an input
     needs a gradient, and ``impl="native"`` then raises NotImplementedError instead of returning a tensor whose

@@ -10,7 +10,7 @@
   the same bits;
 * :func:`guided_backprop_mask_sequential` runs a VGG-style network forward, keeps what the backward needs,
   and runs the guided backward explicitly (no autograd), as the native engine does for the DEX
-  (specs/cusp.md section 3.6; notes/performance.md section 3.5, option A).
+  (docs/models/cusp.md section 3.6; docs/performance.md section 3.5, option A).
 
 None of these has autograd: the mask is detached.
 """

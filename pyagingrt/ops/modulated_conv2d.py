@@ -25,7 +25,7 @@ def modulated_conv2d(
 
     The native op scales x by s per (b, c_in) in a kernel, runs the shared-weight convolution through ATen
     (cuDNN on CUDA) and scales by d per (b, c_out) in a second kernel; d = (s^2 Q^T + eps)^(-1/2) with
-    Q = sum_k W^2 (Karras et al. 2020, Eq. (3); specs/cusp.md section 3.4). Autograd: yes, for x, weight,
+    Q = sum_k W^2 (Karras et al. 2020, Eq. (3); docs/models/cusp.md section 3.4). Autograd: yes, for x, weight,
     styles and q (a C++ autograd kernel with an ATen backward), so ``impl="auto"`` uses the native op in
     training too.
 

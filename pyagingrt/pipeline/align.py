@@ -7,12 +7,12 @@ pipeline/warp.py samples the crop through M and pastes the result back through M
 
 Two recipes:
 
-- ``ffhq`` (AgeFlow, CUSP, PADA): the NVlabs FFHQ recipe (specs/pada.md section 2, "Alignment is the NVlabs
+- ``ffhq`` (AgeFlow, CUSP, PADA): the NVlabs FFHQ recipe (docs/models/pada.md section 2, "Alignment is the NVlabs
   FFHQ recipe"): an oriented square centred at eye_avg + 0.1 * eye_to_mouth with half-side
   max(2 * |eye_to_eye|, 1.8 * |eye_to_mouth|), its x axis along eye_to_eye bent by the eye-to-mouth
   direction.
 - ``template`` (AcGAN): the least-squares similarity from the 5 landmarks onto the common 112 x 112 five-point
-  template scaled x2, shrunk about the centre by 1 / (1 + margin) (specs/acgan.md section 2, "alignment
+  template scaled x2, shrunk about the centre by 1 / (1 + margin) (docs/models/acgan.md section 2, "alignment
   (project)"); margin 0.1 for the Morph weights, 0.2 for CACD.
 """
 

@@ -8,7 +8,7 @@ pixels to photo pixels, both continuous (pixel (i, j) covers [j, j + 1) x [i, i 
 - :func:`crop_faces` samples each crop through M. When a crop pixel covers several photo pixels (a large face,
   a small crop), bilinear sampling alone aliases; we supersample k x k points per crop pixel, k = ceil(scale),
   and average them (a box prefilter: rendering the crop at the photo's resolution, then downsampling with
-  antialiasing, as specs/cusp.md section 2 asks).
+  antialiasing, as docs/models/cusp.md section 2 asks).
 - :func:`paste_faces` samples each aged crop and a feathered mask through M^-1 over the face's bounding box
   only, and blends with premultiplied alpha, so nothing outside the mask changes (bit for bit) and no edge of
   the crop square shows. A crop much finer than the photo region it lands on is first downscaled with

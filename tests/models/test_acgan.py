@@ -1,7 +1,7 @@
-"""AcGAN: model, adapter and official-checkpoint converter (specs/acgan.md section 8), tiny config on CPU.
+"""AcGAN: model, adapter and official-checkpoint converter (docs/models/acgan.md section 8), tiny config on CPU.
 
-The official layout is rebuilt here from the spec's key patterns (section 5) and run through a functional
-forward written from the spec's architecture table (section 3), independent of training/models/acgan.py.
+The official layout is rebuilt here from docs/models/acgan.md's key patterns (section 5) and run through a functional
+forward written from docs/models/acgan.md's architecture table (section 3), independent of training/models/acgan.py.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ S = TINY.image_size
 ADAPTER = AcGANAdapter()
 
 
-# --- the official layout, from the spec --------------------------------------------------------------------------
+# --- the official layout, from docs/models/acgan.md -------------------------------------------------------------------
 def official_generator_shapes(d: int, c_dim: int, r: int) -> dict[str, tuple[int, ...]]:
-    """specs/acgan.md section 5: G keys (without ``module.``) and shapes; ConvTranspose is [in, out, kH, kW]."""
+    """docs/models/acgan.md section 5: G keys (without ``module.``) and shapes; ConvTranspose is [in, out, kH, kW]."""
     shapes: dict[str, tuple[int, ...]] = {
         "main.0.weight": (d, 3 + c_dim, 7, 7),
         "main.3.weight": (2 * d, d, 4, 4),
@@ -82,7 +82,7 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0, prefix: str 
 
 
 def official_g_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor, r: int):
-    """The official Generator.forward, functionally (specs/acgan.md section 3); sd without ``module.``."""
+    """The official Generator.forward, functionally (docs/models/acgan.md section 3); sd without ``module.``."""
 
     def norm(h, key, relu=True):
         h = F.instance_norm(h, weight=sd[f"{key}.weight"], bias=sd[f"{key}.bias"], eps=1e-5)
@@ -151,7 +151,7 @@ def test_paper_flops_match_the_spec():
             g(x, torch.eye(5)[:1])
         with FlopCounterMode(display=False) as d_count:
             d(x)
-    # specs/acgan.md section 3: 61.32 and 4.24 GFLOP per image (2 x MAC), rounded to 0.01 GFLOP
+    # docs/models/acgan.md section 3: 61.32 and 4.24 GFLOP per image (2 x MAC), rounded to 0.01 GFLOP
     assert g_count.get_total_flops() / 1e9 == pytest.approx(61.32, abs=0.005)
     assert d_count.get_total_flops() / 1e9 == pytest.approx(4.24, abs=0.005)
 
@@ -247,7 +247,7 @@ def test_condition_response_reproduces_the_eight_channel_stem(tiny_g, images):
             c = one_hot_groups(torch.full((3,), group), TINY.c_dim)
             full = F.conv2d(tile_condition(images, c), weight, padding=3)
             split = F.conv2d(images, weight[:, :3], padding=3) + tiny_g.condition_response(group)
-            # spec section 8 item 8: 1e-6 in fp32 (the sums are reassociated, a few ulps at unit scale)
+            # docs/models/acgan.md section 8 item 8: 1e-6 in fp32 (the sums are reassociated, a few ulps at unit scale)
             torch.testing.assert_close(split, full, atol=1e-6, rtol=0)
 
 
@@ -271,7 +271,7 @@ def test_batch_of_n_equals_n_batches_of_one(tiny_g, images):
     with torch.no_grad():
         batched = tiny_g.generate(images, GROUPS)[0]
         single = torch.cat([tiny_g.generate(images[i : i + 1], GROUPS[i : i + 1])[0] for i in range(3)])
-    # spec section 8 item 6: fp32 max |delta| <= 1e-4 (TF32 off); only conv blocking differs per batch size
+    # docs/models/acgan.md 8 item 6: fp32 max |delta| <= 1e-4 (TF32 off); only conv blocking differs per batch size
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=0)
 
 
@@ -336,7 +336,7 @@ def test_adapter_run_shape_range_and_group_match(tiny_g, images):
 
 @pytest.mark.parametrize(
     ("dtype", "tol"),
-    # fp16: spec section 8 item 10 (relative L2 < 1e-2); bf16 has 8x fewer mantissa bits than fp16, so 2e-2
+    # fp16: docs/models/acgan.md 8 item 10 (relative L2 < 1e-2); bf16 has 8x fewer mantissa bits than fp16, so 2e-2
     [(torch.float16, 1e-2), (torch.bfloat16, 2e-2)],
 )
 def test_adapter_runs_half_precision_modules(images, dtype, tol):
@@ -390,7 +390,7 @@ def test_official_generator_round_trip(tmp_path, legacy):
         got = module(x, c)
         want = official_g_forward(strip(state), x, c, TINY.g_repeat_num)
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)  # spec section 5 rule 8: max |delta| < 1e-4 (fp32)
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)  # docs/models/acgan.md 5 rule 8: max |delta| < 1e-4 (fp32)
     for key, value in strip(state).items():
         assert torch.equal(converted[key], value)
 

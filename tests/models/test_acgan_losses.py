@@ -1,4 +1,4 @@
-"""AcGAN losses (specs/acgan.md section 6; section 8 item 12): hand-made masks, CE forms, the gradient penalty on
+"""AcGAN losses (docs/models/acgan.md section 6; section 8 item 12): hand-made masks, CE forms, the gradient penalty on
 a linear critic, and one official iteration (D1, D2, G) of the tiny config."""
 
 from __future__ import annotations

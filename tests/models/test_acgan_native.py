@@ -39,7 +39,8 @@ AGES = [15.0, 25.0, 35.0, 45.0, 60.0]  # one per group 0..4
 # that rescale errors by 1 / sigma; measured <= 1.4e-6 on outputs in [0, 1] (2e-6 at paper size), so 1e-5.
 FP32_TOL = 1e-5
 # Linear identities on one conv layer (no normalisation after it): 392-term (stem) or 3136-term (heads) fp32
-# sums in another order, outputs up to ~3 with these weights: spec 8 item 8's 1e-6, as atol + |ref| * 1e-6.
+# sums in another order, outputs up to ~3 with these weights:
+# docs/models/acgan.md 8 item 8's 1e-6, as atol + |ref| * 1e-6.
 CONV_TOL = {"atol": 1e-6, "rtol": 1e-6}
 STEM_CHOICES = [
     pytest.param(True, False, id="split-stem"),
@@ -275,7 +276,7 @@ def test_low_precision_parity_on_cuda(precision):
     assert not native.runner.split_stem
     out = native.age(x, AGES)
     assert_low_precision_parity(out, torch_low, ref)
-    # specs/acgan.md section 8 item 10: relative L2 error below 1e-2 on out = A * x + (1 - A) * C in [-1, 1].
+    # docs/models/acgan.md section 8 item 10: relative L2 error below 1e-2 on out = A * x + (1 - A) * C in [-1, 1].
     out_pm, ref_pm = 2 * out - 1, 2 * ref - 1
     assert float((out_pm - ref_pm).norm() / ref_pm.norm()) < 1e-2
 

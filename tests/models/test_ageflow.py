@@ -1,11 +1,11 @@
-"""AgeFlow: Glow blocks, G, T, the adapter and the official-checkpoint converter (specs/ageflow.md section 8).
+"""AgeFlow: Glow blocks, G, T, the adapter and the official-checkpoint converter (docs/models/ageflow.md section 8).
 
 Random-weight tests perturb the zero-initialised layers first (``perturb_zero_init``, or ``_perturb`` for
 single modules), else every coupling is the identity and the test could not fail.
 
-Tolerances (max-abs in model space, pixels in [-0.5, 0.5]) follow the spec: per-module inverses 1e-12 and the
-tiny G round trip 1e-10 in float64 (a few ulps times the ~30 sequential ops), 1e-5 for the float32 round trip
-(spec item 3); logdet 1e-8 relative (spec item 6).
+Tolerances (max-abs in model space, pixels in [-0.5, 0.5]) follow docs/models/ageflow.md: per-module inverses 1e-12 and
+the tiny G round trip 1e-10 in float64 (a few ulps times the ~30 sequential ops), 1e-5 for the float32 round trip
+(docs/models/ageflow.md section 8 item 3); logdet 1e-8 relative (docs/models/ageflow.md section 8 item 6).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class TestGlowBlocks:
         torch.testing.assert_close(module.reverse(y), x, atol=1e-12, rtol=0)
 
     def test_zero_conv_pads_with_one(self):
-        # ZeroConv(x) = (conv(x, zero pad) + border bias) * exp(3 scale), the fold of specs section 9
+        # ZeroConv(x) = (conv(x, zero pad) + border bias) * exp(3 scale), the fold of docs/models/ageflow.md section 9
         layer = _perturb(ZeroConv2d(4, 5)).double()
         x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
         w, b = layer.conv.weight, layer.conv.bias
@@ -258,7 +258,8 @@ class TestFlowAndICTM:
         with torch.no_grad():
             result = tiny_model.age(x, torch.tensor([3, 0]))
             assert (result.image - x).abs().max() > 1e-3
-            assert (tiny_model.undo(result.image, result) - x).abs().max() <= 1e-5  # spec item 5 = item 3 bound
+            # docs/models/ageflow.md section 8 item 5 = item 3 bound
+            assert (tiny_model.undo(result.image, result) - x).abs().max() <= 1e-5
 
 
 # --- quantiser and ages ---------------------------------------------------------------------------------
@@ -414,8 +415,8 @@ def test_paper_parameter_counts_on_meta(paper_on_meta):
 
 
 def test_paper_flops_on_meta(paper_on_meta):
-    # specs/ageflow.md sections 3.1, 3.2: 481.5 GFLOP per G direction, 7.06 GFLOP per T direction (2 per MAC;
-    # the spec rounds to 4 digits, hence rel 1e-3). The one-off float64 W / W^-1 build is done first.
+    # docs/models/ageflow.md sections 3.1, 3.2: 481.5 GFLOP per G direction, 7.06 GFLOP per T direction (2 per MAC;
+    # docs/models/ageflow.md rounds to 4 digits, hence rel 1e-3). The one-off float64 W / W^-1 build is done first.
     from torch.utils.flop_counter import FlopCounterMode
 
     model = paper_on_meta
@@ -436,8 +437,8 @@ def test_paper_flops_on_meta(paper_on_meta):
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_paper_round_trip_on_gpu():
-    # spec item 3: the paper G in fp32 on GPU (TF32 off, conftest) within 1e-4, and bit-exact after 5-bit
-    # requantisation (bin centres leave a 1/64 margin)
+    # docs/models/ageflow.md section 8 item 3: the paper G in fp32 on GPU (TF32 off, conftest) within 1e-4, and
+    # bit-exact after 5-bit requantisation (bin centres leave a 1/64 margin)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AgeFlow(AgeFlowConfig.paper()).eval()
@@ -458,7 +459,7 @@ def test_tiny_parameter_counts():
 
 # --- official checkpoints -------------------------------------------------------------------------------
 def official_generator(levels: int, steps: int, hidden: int) -> dict[str, torch.Tensor]:
-    """A random config-0 ``generator-*`` state dict built from the key table of specs/ageflow.md section 5."""
+    """A random config-0 ``generator-*`` state dict built from the key table of docs/models/ageflow.md section 5."""
     sd = {}
     for l in range(levels):
         c = 12 * 2**l
@@ -489,7 +490,7 @@ def official_generator(levels: int, steps: int, hidden: int) -> dict[str, torch.
 
 
 def official_encode(sd: dict[str, torch.Tensor], x: torch.Tensor, levels: int, steps: int) -> list[torch.Tensor]:
-    """The official config-0 encoder written out from the spec, straight from the state dict."""
+    """The official config-0 encoder written out from docs/models/ageflow.md, straight from the state dict."""
     sd = {k.removeprefix("module."): v.double() for k, v in sd.items()}
     h, latents = x.double(), []
     for l in range(levels):

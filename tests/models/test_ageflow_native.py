@@ -3,22 +3,24 @@
 Each rewrite is checked on its own in float64, where the folds must be exact algebra (folded ActNorm + 1x1 in
 both directions, zero conv with its gain folded and the 1-padding as a border bias map, a whole folded flow
 step of G and of T), then end to end against the torch backend in fp32, and for the encode -> decode round
-trip (specs/ageflow.md section 8 items 3, 7, 8). The CUDA choices (channels_last) and the low-precision path
+trip (docs/models/ageflow.md section 8 items 3, 7, 8). The CUDA choices (channels_last) and the low-precision path
 (coupling nets in a half type, fp32 or opt-in float64 stream) also run on CPU, the latter in bf16; fp16,
 CUDA-graph replay and the no-sync check carry the ``gpu`` mark.
 
-Weights: ``AgeFlowAdapter.build`` perturbs the zero-initialised layers (spec 8 preamble); on top of that the
-zero convs get a bias and a gain exp(3 scale) != 1 and T's LU convs move off the reversal permutation, so a
+Weights: ``AgeFlowAdapter.build`` perturbs the zero-initialised layers (docs/models/ageflow.md 8 preamble); on top of
+that the zero convs get a bias and a gain exp(3 scale) != 1 and T's LU convs move off the reversal permutation, so a
 wrong fold of any of them changes the output (a zero bias, unit gain or permutation would hide it).
 
 Tolerances are max-abs, in model space (pixels in [-0.5, 0.5]) or on outputs in [0, 1] (model space x 256/255):
-- float64 folds: 1e-12, a few hundred ulps of unit-scale sums (spec 8 items 2 and 7); float64 engine vs float64
-  module and round trips: 1e-10, the spec's tiny float64 round-trip bound (item 3), ~30 sequential ops.
-- fp32 native vs torch: 1e-5 (spec item 3's tiny fp32 bound); the same maths in another order (folded affine,
-  summed-tap border map added after the conv, gather instead of a one-hot matmul). Measured 0.7e-6 to 0.9e-6
-  over five seeds, the size of each side's own distance to the float64 module (torch 7.2e-7, native 6.9e-7).
-- fp32 round trip: 1e-5 (spec item 3; measured 5.7e-7). bf16 coupling nets round trip: 1e-3, the native-engine
-  bound of item 3 (measured 7.7e-5 on tiny; see test_native_round_trip for why half nets cost anything).
+- float64 folds: 1e-12, a few hundred ulps of unit-scale sums (docs/models/ageflow.md 8 items 2 and 7); float64 engine
+  vs float64 module and round trips: 1e-10, docs/models/ageflow.md's
+  tiny float64 round-trip bound (item 3), ~30 sequential ops.
+- fp32 native vs torch: 1e-5 (docs/models/ageflow.md section 8 item 3's tiny fp32 bound); the same maths in another
+  order (folded affine, summed-tap border map added after the conv, gather instead of a one-hot matmul). Measured 0.7e-6
+  to 0.9e-6 over five seeds, the size of each side's own distance to the float64 module (torch 7.2e-7, native 6.9e-7).
+- fp32 round trip: 1e-5 (docs/models/ageflow.md section 8 item 3; measured 5.7e-7). bf16 coupling nets round trip: 1e-3,
+  the native-engine bound of item 3
+  (measured 7.7e-5 on tiny; see test_native_round_trip for why half nets cost anything).
 - bf16 / fp16 parity: tests/parity.py's rule, at most twice torch's own low-precision error against fp32.
 """
 
@@ -262,9 +264,9 @@ ROUND_TRIPS = [  # (network dtype, G's stream dtype, bound)
 @pytest.mark.parametrize(("dtype", "stream", "tol"), ROUND_TRIPS)
 @pytest.mark.parametrize("standardize", [False, True])
 def test_native_round_trip(model, dtype, stream, tol, standardize):
-    # spec 8 item 3: encode -> decode reconstructs x. The coupling inverts exactly for any network output, but a
-    # half-precision network is a step function of its input: where decode's x_a differs from encode's by the
-    # stream's rounding, some of its bf16-rounded activations flip by one ulp, so with an fp32 stream the error
+    # docs/models/ageflow.md 8 item 3: encode -> decode reconstructs x. The coupling inverts exactly for any network
+    # output, but a half-precision network is a step function of its input: where decode's x_a differs from encode's by
+    # the stream's rounding, some of its bf16-rounded activations flip by one ulp, so with an fp32 stream the error
     # grows like the half type's ulp times the flow's amplification, not like fp32's
     r = runner(copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32), dtype,
                stream_dtype=stream)  # fmt: skip
@@ -347,7 +349,7 @@ def test_inputs_untouched_deterministic_and_batch_independent(model):
     keep = x.clone()
     first = run(r, x, AGES[:3])
     assert torch.equal(x, keep)
-    assert torch.equal(run(r, x, AGES[:3]), first)  # spec 8 item 10: bit-identical on the same device
+    assert torch.equal(run(r, x, AGES[:3]), first)  # docs/models/ageflow.md 8 item 10: bit-identical on the same device
     # graph buckets pad batches: one image's output must not depend on the rest (other batch sizes pick
     # other CPU conv kernels, so the same fp32 sums in another order: measured 4.8e-7, hence FP32_TOL)
     for i in range(3):
@@ -423,8 +425,9 @@ def test_fp16_parity_rule_on_gpu(model):
 @pytest.mark.parametrize(("precision", "tol"), [("fp32", FP32_TOL), ("fp16", HALF_ROUND_TRIP_TOL)])
 def test_graph_replay_equals_eager_on_gpu(model, precision, tol):
     # The graph replays the kernels eager mode launches, but captured on a side stream, where cuBLAS may pick
-    # another workspace/algorithm; so equality up to the engine's own rounding (fp32 1e-5; fp16 1e-3, the spec's
-    # native bound), far below what stale static buffers or a wrong bucket copy would give (O(0.1)).
+    # another workspace/algorithm; so equality up to the engine's own rounding (fp32 1e-5; fp16 1e-3,
+    # docs/models/ageflow.md's native bound), far below what stale
+    # static buffers or a wrong bucket copy would give (O(0.1)).
     engine = native_engine(model, "cuda", precision)
     assert engine.graphs is not None
     for batch in (4, 3):  # a full bucket, then new images padded into it (a replay of the same graph)
@@ -456,10 +459,11 @@ def test_forward_does_not_sync_on_gpu(model):
 
 @pytest.mark.gpu
 def test_fp16_paper_round_trip_on_gpu():
-    # spec 8 item 3: native engine (fp16 coupling nets) within 1e-3 at paper size, and bit-exact after 5-bit
-    # requantisation; the spec's random weights (section 8 preamble, AgeFlowAdapter.build). The CPU analogue
-    # (64x64, 4 levels x 32 steps, width 512) measured 9.2e-3 with the spec's fp32 stream and 2.7e-13 with a
-    # float64 stream, which is why fp16/bf16 engines default to the float64 stream (the runner's docstring).
+    # docs/models/ageflow.md 8 item 3: native engine (fp16 coupling nets) within 1e-3 at paper size, and bit-exact after
+    # 5-bit requantisation; docs/models/ageflow.md's random weights (section 8 preamble, AgeFlowAdapter.build). The CPU
+    # analogue (64x64, 4 levels x 32 steps, width 512) measured 9.2e-3 with docs/models/ageflow.md's fp32 stream and
+    # 2.7e-13 with a float64 stream, which is why fp16/bf16 engines
+    # default to the float64 stream (the runner's docstring).
     config = AgeFlowConfig.paper()
     torch.manual_seed(0)
     model = ADAPTER.build(config).eval().requires_grad_(False).cuda()

@@ -1,6 +1,6 @@
-"""CUSP (specs/cusp.md section 8) on the tiny config, CPU.
+"""CUSP (docs/models/cusp.md section 8) on the tiny config, CPU.
 
-Tolerances (spec section 8): 1e-10 for float64 comparisons of two computations of the same maths in a
+Tolerances (docs/models/cusp.md section 8): 1e-10 for float64 comparisons of two computations of the same maths in a
 different order (a few ulps of values of order 1, accumulated over the tiny network's depth); exact equality
 where the code path is the same (identity blurs, seeds, converted weights); bf16 against fp32 is checked
 loosely (mean |diff| < 0.05 on [0, 1] outputs: bf16 keeps 8 mantissa bits, ~4e-3 relative per op).
@@ -216,7 +216,7 @@ def test_blur_kernel_equals_the_official_bank():
     c, h = size // 2, kernel // 2
     impulse[..., c, c] = 1
     for i in (0, 1, 200, 511, 1023):
-        sigma = i * 224 / (25 * 1023)  # parity map of spec section 2.1, input pixels
+        sigma = i * 224 / (25 * 1023)  # parity map of docs/models/cusp.md section 2.1, input pixels
         response = model.skip_blur(impulse, torch.zeros_like(impulse), sig(0.0), sig(sigma))
         # the official kernel is defined on the S x S skip map; the impulse map here is larger, same kernel
         torch.testing.assert_close(response[0, 0, c - h : c + h + 1, c - h : c + h + 1], bank[i], atol=1e-7, rtol=0)

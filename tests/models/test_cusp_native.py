@@ -49,7 +49,8 @@ FP32_TOL = 1e-5
 MASK_TOL = 1e-5
 # A gradient through 16 layers summed in another order: relative to its largest entry (measured 2.5e-7).
 GRAD_RTOL = 1e-5
-# float64 identities (tables, stacked GEMM, resize weights): a few ulps of values of order 1 (spec 8: 1e-10).
+# float64 identities (tables, stacked GEMM, resize weights): a
+# few ulps of values of order 1 (docs/models/cusp.md 8: 1e-10).
 F64 = {"atol": 1e-10, "rtol": 1e-10}
 OPTION_CASES = [
     pytest.param({}, id="defaults-9-0-const"),
@@ -133,7 +134,8 @@ def test_bf16_follows_the_low_precision_parity_rule():
 
 
 def test_batch_independence():
-    """Spec 8 item 6: with explicit sigmas and seeded noise, sample b of a batch of 4 equals its batch-1 run."""
+    """docs/models/cusp.md 8 item 6: with explicit sigmas and seeded
+    noise, sample b of a batch of 4 equals its batch-1 run."""
     runner = native_engine(tiny_module()).runner
     options = {"sigma_m": [9.0, 0.0, 3.0, 6.0], "sigma_g": [0.0, 2.0, 9.0, 1.0], "noise": "random"}
     options["noise_seeds"] = [11, 12, 13, 14]
@@ -223,7 +225,7 @@ def test_age_tables_equal_per_call_styles():
     ws = module.mapping(torch.randn(len(classes), TINY.enc_channels[-1], dtype=torch.float64), onehot)
     for i, res in enumerate(TINY.block_resolutions):
         conv0 = getattr(module.image_dec, f"b{res}").conv0
-        per_call = conv0.affine(ws[:, 3 * i])  # block i reads ws[:, 3i] for conv0 (spec 3.3)
+        per_call = conv0.affine(ws[:, 3 * i])  # block i reads ws[:, 3i] for conv0 (docs/models/cusp.md 3.3)
         torch.testing.assert_close(w_a[classes], ws[:, 3 * i], **F64)
         torch.testing.assert_close(styles[i][classes], per_call, **F64)
         torch.testing.assert_close(demods[i][classes], demodulation_coefficients(conv0.weight, per_call), **F64)
@@ -293,7 +295,8 @@ def test_explicit_mask_equals_the_autograd_mask(config, reduce):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_dead_gradient_gives_a_zero_mask_not_nan(precision):
-    """fc8 = 0 makes G = 0: M must be 0 (spec 3.6 step 6), also through the low-precision per-sample rescale."""
+    """fc8 = 0 makes G = 0: M must be 0 (docs/models/cusp.md 3.6 step 6),
+    also through the low-precision per-sample rescale."""
     module = tiny_module()
     module.dex.fc8_101.weight.zero_()
     native = native_engine(module, precision=precision)
@@ -426,7 +429,7 @@ def test_low_precision_parity_on_cuda(precision):
     assert native.graphs is not None
     assert native.runner.channels_last
     assert_low_precision_parity(native.age(x, AGES), torch_low, ref)
-    # spec 8: mean absolute mask difference < 1e-2 against the fp32 reference
+    # docs/models/cusp.md 8: mean absolute mask difference < 1e-2 against the fp32 reference
     xs = x * 2 - 1
     with torch.no_grad():
         mask = native.runner.mask(xs)

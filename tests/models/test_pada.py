@@ -1,4 +1,4 @@
-"""PADA (specs/pada.md section 9) on the tiny config, CPU: sizes, seeds, modulation identity, CLIP, converter.
+"""PADA (docs/models/pada.md section 9) on the tiny config, CPU: sizes, seeds, modulation identity, CLIP, converter.
 
 The DDIM schedule and the fused step are tested with the ddim_step op. Zero-initialised DiffAE layers are
 re-randomised (``PADAAdapter.build``) so that every residual branch is live and the checks below can fail.
@@ -81,7 +81,7 @@ def test_paper_parameter_counts_on_meta():
     with torch.device("meta"):
         model = PADA(PADAConfig.paper())
     encoder = n_params(model.diffae.encoder)
-    assert n_params(model.diffae) - encoder == 138_341_891  # UNet (spec 3.5)
+    assert n_params(model.diffae) - encoder == 138_341_891  # UNet (docs/models/pada.md 3.5)
     assert encoder == 30_150_400
     assert n_params(model.diffae) == 168_492_291
     assert n_params(model.age_encoder) == 1_050_624
@@ -97,14 +97,14 @@ def test_paper_clip_is_vit_b32_size():
 
     with torch.device("meta"):
         clip = CLIPModel(clip_config("vit_b32"))
-    assert n_params(clip) == 151_277_313  # spec 3.5
+    assert n_params(clip) == 151_277_313  # docs/models/pada.md 3.5
     assert clip.config.projection_dim == PADAConfig.paper().clip_dim
 
 
 def test_tiny_sizes():
     with torch.device("meta"):
         model = PADA(TINY)
-    assert n_params(model.diffae) == 1_346_435  # spec 5
+    assert n_params(model.diffae) == 1_346_435  # docs/models/pada.md 5
     assert len(model.diffae.state_dict()) == 294
 
 
@@ -119,7 +119,7 @@ def test_paper_flops_on_meta():
             z = model.encode(x)
         with FlopCounterMode(display=False) as unet, torch.no_grad():
             model.diffae(x, torch.zeros(1), z)
-    # spec 3.5 gives 554.4 and 70.8 GFLOP, rounded to 0.1
+    # docs/models/pada.md 3.5 gives 554.4 and 70.8 GFLOP, rounded to 0.1
     assert unet.get_total_flops() / 1e9 == pytest.approx(554.4, abs=0.05)
     assert enc.get_total_flops() / 1e9 == pytest.approx(70.8, abs=0.05)
     want = enc.get_total_flops() + 25 * unet.get_total_flops()
@@ -149,7 +149,7 @@ def test_same_seed_is_bitwise_equal_and_different_seeds_differ(engine, images):
     b = age(engine, images, [20.0, 50.0, 80.0], seed=7)
     c = age(engine, images, [20.0, 50.0, 80.0], seed=8)
     assert torch.equal(a, b)
-    assert (a - c).abs().mean() > 1e-2  # spec 9.5: x_T differs, and the zero-init layers are live
+    assert (a - c).abs().mean() > 1e-2  # docs/models/pada.md 9 item 5: x_T differs, and the zero-init layers are live
 
 
 def test_target_age_changes_the_output(engine, images):
@@ -188,7 +188,7 @@ def test_noise_follows_the_seed_rule_and_vary():
 
 def test_run_equals_the_module_pipeline_over_25_steps(engine):
     # One paper-length (25-step) run: the adapter must be encode -> e_txt + eps*s*eta -> modulate -> decode,
-    # with the D10 seeds and the spec's prompt for (female, 65).
+    # with the D10 seeds and docs/models/pada.md's prompt for (female, 65).
     x = torch.rand(1, 3, S, S)
     got = age(engine, x, [65.0], seed=5, gender="female", steps=25, s=2.0)
     base = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(5)))
@@ -221,7 +221,7 @@ def test_batch_of_n_equals_n_batches_of_one(engine, images):
     batch = age(engine, images, ages, seed=2, gender=["female", "male", "neutral"])
     for i, (a, g) in enumerate(zip(ages, ["female", "male", "neutral"], strict=True)):
         alone = age(engine, images[i : i + 1], [a], seed=2, gender=g)
-        # fp32; convolution algorithms may block differently by batch size: spec 9.6 allows 1e-5
+        # fp32; convolution algorithms may block differently by batch size: docs/models/pada.md 9 item 6 allows 1e-5
         torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
@@ -231,7 +231,7 @@ def test_sample_k_alone_equals_sample_k_in_a_batch(engine, images, monkeypatch):
     for k in range(3):
         monkeypatch.setattr(ADAPTER, "base_seed", lambda generator, k=k: 100 + k)
         alone = age(engine, images[:1], [60.0])
-        torch.testing.assert_close(many[:, k], alone, atol=1e-5, rtol=0)  # spec 9.6
+        torch.testing.assert_close(many[:, k], alone, atol=1e-5, rtol=0)  # docs/models/pada.md section 9 item 6
 
 
 def test_vary_high_shares_x_T_and_vary_low_shares_eta(engine, images):
@@ -267,11 +267,11 @@ def test_modulation_identity_at_init_decodes_like_diffae():
     e_age = F.normalize(torch.randn(4, D), dim=-1)
     with torch.no_grad():
         z_age = module.modulate(e_age, z_src)
-        torch.testing.assert_close(z_age, z_src, atol=1e-6, rtol=0)  # spec 9.7
+        torch.testing.assert_close(z_age, z_src, atol=1e-6, rtol=0)  # docs/models/pada.md section 9 item 7
         x_T = torch.randn(4, 3, S, S)
         pada = module.decode(x_T, z_age)
         diffae = module.decode(x_T, z_src)
-    # z_age differs from z_src by float32 rounding only; spec 6 uses 1e-4 for the DiffAE fidelity check
+    # z_age differs from z_src by float32 rounding only; docs/models/pada.md 6 uses 1e-4 for the DiffAE fidelity check
     torch.testing.assert_close(pada, diffae, atol=1e-4, rtol=0)
 
 
@@ -306,8 +306,8 @@ def _bytes_to_unicode() -> list[str]:
 
 
 def write_tiny_clip(folder, projection_dim: int = 16):
-    """A tiny random CLIP in Hugging Face layout (spec 5): save_pretrained + a byte-level vocab.json with 514
-    entries and a header-only merges.txt."""
+    """A tiny random CLIP in Hugging Face layout (docs/models/pada.md 5): save_pretrained + a byte-level vocab.json with
+    514 entries and a header-only merges.txt."""
     from transformers import CLIPModel
 
     config = clip_config("tiny")
@@ -384,7 +384,7 @@ class _HyperParameters:  # a non-tensor object, as a Lightning checkpoint may ho
 
 
 def fake_lightning(source: PADA, mutate=None) -> dict:
-    """A DiffAE Lightning checkpoint in the official layout (spec 6), with the tiny config's keys."""
+    """A DiffAE Lightning checkpoint in the official layout (docs/models/pada.md 6), with the tiny config's keys."""
     ema = source.diffae.state_dict()
     state = {f"ema_model.{k}": v.clone() for k, v in ema.items()}
     state.update({f"model.{k}": v + 1.0 if v.is_floating_point() else v for k, v in ema.items()})

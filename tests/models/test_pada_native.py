@@ -164,8 +164,8 @@ def test_same_seed_same_output_and_different_seeds_differ(module):
     a = run_runner(runner, x, AGES, seed=7)
     b = run_runner(runner, x, AGES, seed=7)
     c = run_runner(runner, x, AGES, seed=8)
-    assert torch.equal(a, b)  # spec 9 item 4: bitwise on one device and backend
-    assert float((a - c).abs().mean()) > 1e-2  # spec 9 item 5
+    assert torch.equal(a, b)  # docs/models/pada.md 9 item 4: bitwise on one device and backend
+    assert float((a - c).abs().mean()) > 1e-2  # docs/models/pada.md 9 item 5
 
 
 def test_vary_through_the_runner(module):
@@ -196,7 +196,7 @@ def test_sample_k_alone_equals_sample_k_in_a_batch(module, monkeypatch):
     for k in range(3):
         monkeypatch.setattr(ADAPTER, "base_seed", lambda generator, k=k: 100 + k)
         alone = run_runner(runner, images(1), [60.0], seed=0)
-        torch.testing.assert_close(many[:, k], alone, atol=FP32_TOL, rtol=0)  # spec 9 item 6
+        torch.testing.assert_close(many[:, k], alone, atol=FP32_TOL, rtol=0)  # docs/models/pada.md 9 item 6
 
 
 def test_prompt_embeddings_come_from_the_build_time_cache(module):
@@ -258,7 +258,7 @@ def test_forward_needs_no_host_values():
         width = sum(block.out_layers[0].num_channels for block in runner.blocks)  # sum C
         assert runner.tables[steps].gain.shape == (steps, width)
     assert len(runner.blocks) == 42  # paper
-    assert width == 12_928  # spec 10 item 2: sum C over the paper's 42 blocks
+    assert width == 12_928  # docs/models/pada.md 10 item 2: sum C over the paper's 42 blocks
 
 
 def test_prepare_rejects_wrong_crop_size(module):
@@ -281,7 +281,7 @@ def test_bf16_follows_the_low_precision_parity_rule(module):
     assert_low_precision_parity(native.age(x, AGES, seed=7), torch_bf16, ref)
 
 
-# --- rewrites 1-2: hoisted tables (spec 9 item 9) -----------------------------------------------------------------
+# --- rewrites 1-2: hoisted tables (docs/models/pada.md 9 item 9) ------------------------------------------------------
 def test_time_table_rows_equal_per_step_computation(module):
     blocks = conditioned_resblocks(module.diffae)
     schedule = DDIMSchedule.diffae(TINY.steps)
@@ -344,7 +344,8 @@ def test_hoisted_tables_are_exact_in_float64(module, phase_up):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_unet_eps_matches_the_module_per_step(module, channels_last):
-    """Spec 9 item 9 in fp32: the runner's UNet (hoisted tables and every rewrite) vs DiffAE.forward per step."""
+    """docs/models/pada.md 9 item 9 in fp32: the runner's UNet
+    (hoisted tables and every rewrite) vs DiffAE.forward per step."""
     runner = PADARunner(ADAPTER, module, TINY, torch.device("cpu"), torch.float32, channels_last=channels_last)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(3, 3, S, S, generator=gen)
@@ -358,7 +359,8 @@ def test_unet_eps_matches_the_module_per_step(module, channels_last):
 
 # --- rewrite 3: folded GroupNorm --------------------------------------------------------------------------------
 def test_modulated_group_norm_equals_the_unfolded_sequence(module):
-    """Spec 9 item 10: GN_b -> (1 + s_t), b_t -> (1 + s_c) -> SiLU vs one normalisation with a folded a, b."""
+    """docs/models/pada.md 9 item 10: GN_b -> (1 + s_t), b_t ->
+    (1 + s_c) -> SiLU vs one normalisation with a folded a, b."""
     block = conditioned_resblocks(module.diffae)[-1]
     norm = block.out_layers[0]
     gen = torch.Generator().manual_seed(5)
@@ -368,7 +370,7 @@ def test_modulated_group_norm_equals_the_unfolded_sequence(module):
     a = norm.weight * (1 + s_t) * (1 + s_c)
     b = (norm.bias * (1 + s_t) + b_t) * (1 + s_c)
     got = modulated_group_norm_act(h, norm, a, b, torch.float32)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # spec 9 item 10: fp32 1e-5
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # docs/models/pada.md 9 item 10: fp32 1e-5
     # Low precision: statistics stay fp32, only the stored result is rounded (one bf16 ulp, 2^-8 relative).
     low = modulated_group_norm_act(h.to(torch.bfloat16), norm, a, b, torch.bfloat16)
     ref = modulated_group_norm_act(h.to(torch.bfloat16).float(), norm, a, b, torch.float32)
@@ -389,7 +391,7 @@ def test_phase_up_conv_equals_nearest_then_conv3x3(channels_last):
     got = upsample_conv3x3(x, phase_weights(weight), bias)
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
-    torch.testing.assert_close(got, want, atol=F64_TOL, rtol=0)  # spec 9 item 10: exact up to rounding
+    torch.testing.assert_close(got, want, atol=F64_TOL, rtol=0)  # docs/models/pada.md 9 item 10: exact up to rounding
 
 
 def test_phase_weights_sum_the_taps():
@@ -434,10 +436,11 @@ def test_low_precision_parity_on_cuda(module, precision):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("x_T", ["random", "invert"])
 def test_graph_replay_equals_eager_on_cuda(module, precision, x_T):
-    """Spec 9 item 3: the whole call (encoder, inversion, every step) in one CUDA graph vs the eager loop."""
+    """docs/models/pada.md 9 item 3: the whole call
+    (encoder, inversion, every step) in one CUDA graph vs the eager loop."""
     native = native_engine(module, "cuda", precision)
     runner = native.runner
-    # Same kernels in the same order; cuDNN may pick other algorithms at capture: spec 9 item 3's bounds.
+    # Same kernels in the same order; cuDNN may pick other algorithms at capture: docs/models/pada.md 9 item 3's bounds.
     tol = 1e-5 if precision == "fp32" else 1e-3
     for batch in (4, 3):  # bucket 4 exactly, and 3 padded into bucket 4
         x = images(batch, seed=batch, device="cuda")

@@ -1,6 +1,6 @@
 """ddim_step: the compiled op against the float64 oracle over the whole DiffAE schedule.
 
-Tolerance (specs/pada.md section 9 item 1): |delta| <= 1e-6 * (1 + A) for unit-scale inputs, where
+Tolerance (docs/models/pada.md section 9 item 1): |delta| <= 1e-6 * (1 + A) for unit-scale inputs, where
 A = sqrt(1/abar_t) amplifies one float32 rounding of x_t (A is about 107 at t = 960). Inputs that force
 clipping make the re-derived eps as large as (A|x_t| + 1)/B (about 200 on the first inversion step), so a
 relative term of 1e-6 (a few float32 ulps) is added.

@@ -3,7 +3,7 @@
 The reference is the oracle (training/layers/group_norm_act.py) in float64 on the same, already rounded, inputs.
 Tolerances, in units of the output (|x_hat| <= ~5, |scale| <= ~2, |shift| <= ~2 here):
 - float64 (CPU): 1e-12. float64 statistics and apply against float64 var_mean: rounding order only.
-- float32: atol = rtol = 1e-5, the fp32 bound of specs/pada.md section 9 item 10 and specs/acgan.md section 8
+- float32: atol = rtol = 1e-5, the fp32 bound of docs/models/pada.md 9 item 10 and docs/models/acgan.md 8
   item 9; a handful of fp32 roundings on values of size ~10 is ~5e-6.
 - float16 / bfloat16: the result is computed in fp32 and rounded once: 2^-11 (fp16) or 2^-8 (bf16) relative;
   rtol is twice that (the flash-attention rule of 2x the dtype's own error), atol 1e-5 as for fp32.

@@ -1,6 +1,6 @@
 """guided_relu_backward, guided_backprop_mask (CUSP Eq. (1)) and the explicit VGG backward, against the oracles.
 
-Tolerances (specs/cusp.md section 8: 1e-10 in float64, rtol 1e-5 in float32):
+Tolerances (docs/models/cusp.md section 8: 1e-10 in float64, rtol 1e-5 in float32):
   * guided_relu_backward selects values, it computes nothing: bit-exact in every dtype.
   * mask, float64: 1e-10. float32 (and half inputs, which the op reads into float32): M <= 1 is a ratio of a
     29-tap blur of the normalised map to twice its std, each a few float32 roundings (~1e-7 relative) of O(1)
@@ -336,7 +336,7 @@ def vgg_like(dtype=torch.float64, inplace_relu=False):
 
 
 def dex_like_preprocess():
-    """DEX's (x + 1) * 127.5 - mean as one per-channel affine map (specs/cusp.md section 3.6)."""
+    """DEX's (x + 1) * 127.5 - mean as one per-channel affine map (docs/models/cusp.md section 3.6)."""
     mean = torch.tensor([123.680, 116.779, 103.939])
     return ChannelAffine(torch.full((3,), 127.5), 127.5 - mean)
 

@@ -2,7 +2,7 @@
 
 Tolerances, per dtype of x (the reference is the oracle in float64 on the same, already rounded, inputs):
 - float64: 1e-12. The kernel and conv2d both sum C <= 48 products of unit-scale values, a few hundred ulps at most.
-- float32: rtol = atol = 1e-5, the float32 bound of specs/ageflow.md section 8 item 7; fp32 accumulation over
+- float32: rtol = atol = 1e-5, the float32 bound of docs/models/ageflow.md section 8 item 7; fp32 accumulation over
   C terms of N(0, 1/C)-scaled weights errs by about sqrt(C) * 6e-8 (4e-7 at C = 48), well inside it.
 - float16 / bfloat16: fp32 accumulation, then one rounding of the output: 2^-11 (fp16) or 2^-8 (bf16) relative;
   rtol is twice that (the flash-attention rule of 2x the dtype's own error), atol 1e-5 covers fp32 sums near 0.
@@ -132,7 +132,7 @@ class TestInvConv1x1:
     @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
     @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
     def test_folded_inverse_round_trip(self, dtype, tol, layout):
-        # specs/ageflow.md section 8 items 2, 3 and 7: the same op with (W'^-1, -loc) inverts (W', b').
+        # docs/models/ageflow.md section 8 items 2, 3 and 7: the same op with (W'^-1, -loc) inverts (W', b').
         c = 12
         loc, log_scale = 0.1 * torch.randn(c, dtype=torch.float64), 0.1 * torch.randn(c, dtype=torch.float64)
         folded = oracle.fold_actnorm_inv_conv1x1(loc, log_scale.exp(), well_conditioned_weight(c), dtype)
@@ -143,7 +143,7 @@ class TestInvConv1x1:
 
     @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
     def test_fold_matches_actnorm_then_conv(self, dtype, rtol):
-        # specs/ageflow.md section 8 item 7: z = W (s * (x + loc)) == W' x + b'.
+        # docs/models/ageflow.md section 8 item 7: z = W (s * (x + loc)) == W' x + b'.
         c = 12
         loc, scale = 0.1 * torch.randn(c, dtype=torch.float64), (0.1 * torch.randn(c, dtype=torch.float64)).exp()
         w = well_conditioned_weight(c)

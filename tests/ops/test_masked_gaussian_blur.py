@@ -1,8 +1,9 @@
-"""masked_gaussian_blur: the compiled op against the float64 oracle, and CUSP's blur invariants (specs/cusp.md 8.3).
+"""masked_gaussian_blur: the compiled op against the float64 oracle,
+and CUSP's blur invariants (docs/models/cusp.md section 8 item 3).
 
 Tolerances, per dtype of the features (the reference is the oracle in float64 on the same, already rounded, inputs):
 - float64: 1e-12. Same float64 taps; the sums differ only in order (2K terms of a convex combination).
-- float32: rtol = atol = 1e-5, the float32 bound of specs/cusp.md section 8. The taps are rounded to fp32 once
+- float32: rtol = atol = 1e-5, the float32 bound of docs/models/cusp.md section 8. The taps are rounded to fp32 once
   (2^-24 relative each) and each output is two K-tap fp32 sums of convex weights, so the error is at most about
   2K * 2^-24 * max|F| (9e-6 for K = 19 and |F| <= 4) and typically sqrt(2K) * 2^-24 * |F| (1e-6).
 - float16 / bfloat16: the kernel accumulates in fp32 and rounds once on store: 2^-11 (fp16) or 2^-8 (bf16)
@@ -118,7 +119,7 @@ class TestMaskedGaussianBlur:
 
     @pytest.mark.parametrize("device", CPU_AND_CUDA)
     def test_constant_masks_select_one_blur(self, device):
-        # M = 0 gives F conv k_g; M = 1 gives F conv k_m (specs/cusp.md section 8 item 3).
+        # M = 0 gives F conv k_g; M = 1 gives F conv k_m (docs/models/cusp.md section 8 item 3).
         f = torch.randn(2, 3, 12, 10, device=device)
         sm, sg = torch.tensor([0.8, 2.5], dtype=torch.float64), torch.tensor([1.7, 0.6], dtype=torch.float64)
         for fill, sigmas in ((0.0, sg), (1.0, sm)):
@@ -129,7 +130,7 @@ class TestMaskedGaussianBlur:
 
     def test_separable_equals_2d_kernel(self):
         # The op's two 1-D passes equal one zero-padded K x K convolution with g (x) g, within 1e-6
-        # (specs/cusp.md section 8 item 3); float32 errors here are a few ulps of |F| <= 1.
+        # (docs/models/cusp.md section 8 item 3); float32 errors here are a few ulps of |F| <= 1.
         c, k, sigma = 3, 19, 2.4
         f = torch.rand(1, c, 21, 23)
         taps = oracle.gaussian_kernel1d(sigma, k)

@@ -1,10 +1,10 @@
-"""modulated_conv2d: the compiled op against the float64 oracle, its autograd, and the spec's invariants.
+"""modulated_conv2d: the compiled op against the float64 oracle, its autograd, and docs/models/cusp.md's invariants.
 
-Tolerances (specs/cusp.md section 8: 1e-10 in float64, rtol 1e-5 in float32):
+Tolerances (docs/models/cusp.md section 8: 1e-10 in float64, rtol 1e-5 in float32):
   * float64: 1e-10 absolute on O(1) outputs (the op and the oracle run the same ATen conv; only the order of
     the x*s and y*d roundings differs).
-  * float32: the spec's rtol 1e-5 is loose here (measured error <= 3e-7 * rms(reference)); we use rtol 2e-6 plus
-    atol 2e-6 * rms: the conv sums I*k*k = 5..45 products, so near-zero outputs carry a few float32 ulps
+  * float32: docs/models/cusp.md's rtol 1e-5 is loose here (measured error <= 3e-7 * rms(reference)); we use rtol 2e-6
+    plus atol 2e-6 * rms: the conv sums I*k*k = 5..45 products, so near-zero outputs carry a few float32 ulps
     (1.2e-7) of the output scale, not of their own.
   * float16 / bfloat16: the op's error against the float64 reference may be at most 2x the oracle's own error
     in that dtype plus one ulp of the output scale (flash-attention's "2x the PyTorch low-precision error").
@@ -108,7 +108,7 @@ class TestModulatedConv2d:
     @pytest.mark.parametrize("demodulate", [True, False])
     @pytest.mark.parametrize("batch", [1, 3])
     def test_oracle_forms_agree(self, up, padding, k, demodulate, batch):
-        # specs/cusp.md section 8 item 1: activation scaling == grouped per-sample weights.
+        # docs/models/cusp.md section 8 item 1: activation scaling == grouped per-sample weights.
         x, w, s = make_inputs(batch, 5, 6, (7, 7), k)
         scaled = oracle(x, w, s, demodulate, padding, up, form="scaled")
         grouped = oracle(x, w, s, demodulate, padding, up, form="grouped")
@@ -135,7 +135,7 @@ class TestModulatedConv2d:
         assert ((1 - norms).abs() < 1e-6).all()
 
     def test_output_variance_is_one_for_unit_gaussian_input(self):
-        # specs/cusp.md section 8 item 1: x iid N(0,1) at 64x64, I >= 64 -> Var(y) = sum (W s d)^2 = 1 at interior
+        # docs/models/cusp.md section 8 item 1: x iid N(0,1) at 64x64, I >= 64 -> Var(y) = sum (W s d)^2 = 1 at interior
         # pixels, per (b, o). 8 independent inputs per style pool 8*62*62 pixels, so the estimate's standard
         # error (about 0.035 / sqrt(8) with neighbour correlation) is well inside the 0.05 band.
         batch, draws, in_ch, out_ch = 2, 8, 64, 4

@@ -1,4 +1,4 @@
-"""CLIP text and image embeddings for PADA (specs/pada.md section 3.3), through Hugging Face ``transformers``.
+"""CLIP text and image embeddings for PADA (docs/models/pada.md section 3.3), through Hugging Face ``transformers``.
 
 - :meth:`ClipEncoder.from_pretrained` loads a user-given directory in Hugging Face layout (``config.json``,
   ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``, ``merges.txt``, optional

@@ -1,4 +1,4 @@
-"""DiffAE's DDIM schedule (specs/pada.md section 4): linear betas, 1000 steps, respaced to T steps.
+"""DiffAE's DDIM schedule (docs/models/pada.md section 4): linear betas, 1000 steps, respaced to T steps.
 
 beta_i = linspace(1e-4, 0.02, 1000)[i] in float64, abar_t = prod_{i<=t} (1 - beta_i). ``space_timesteps``
 picks the smallest integer stride whose ``range(0, 1000, stride)`` has exactly T entries (40 for T = 25,

@@ -1,6 +1,6 @@
 """Oracle for the fused DDIM step (eta = 0), in the notation of PADA eqs. (1)-(3) and DiffAE.
 
-Symbol table (specs/pada.md section 4; DiffAE diffusion/base.py ``ddim_sample``):
+Symbol table (docs/models/pada.md section 4; DiffAE diffusion/base.py ``ddim_sample``):
 
 =========  ===================================  =============================
 symbol     DiffAE variable                      paper

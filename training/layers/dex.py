@@ -1,4 +1,4 @@
-"""DEX: the VGG-16 age classifier of Rothe et al. (IMDB-WIKI), as CUSP and PADA use it (specs/cusp.md 3.6).
+"""DEX: the VGG-16 age classifier of Rothe et al. (IMDB-WIKI), as CUSP and PADA use it (docs/models/cusp.md 3.6).
 
 Thirteen 3x3 convs (padding 1, bias, ReLU) in five groups, each ending in a 2x2/2 max-pool; flatten in
 (C, H, W) order; fc6 + ReLU, fc7 + ReLU, fc8_101 (logits for ages 0..100). No dropout (inference only).
@@ -9,7 +9,7 @@ Preprocessing (``DEX.preprocess``) maps a [-1, 1] RGB image to the network input
      skipped when the size already matches),
   2. u = (u + 1) * 127.5,
   3. u[:, c] -= MEAN[c] with MEAN = (123.680, 116.779, 103.939) on channels 0, 1, 2 of the BGR tensor; the R
-     mean lands on the B channel, as in the official code (specs/cusp.md section 7 item 12).
+     mean lands on the B channel, as in the official code (docs/models/cusp.md section 7 item 12).
 
 Every ReLU is a module attribute (``relu1_1`` ... ``relu7``) so it can be swapped for ``GuidedReLU``
 (``DEX.set_relu``) to run guided backpropagation.

@@ -1,4 +1,4 @@
-"""DiffAE building blocks (phizaz/diffae ``model/blocks.py``, ``model/nn.py``; specs/pada.md section 3.1-3.2).
+"""DiffAE building blocks (phizaz/diffae ``model/blocks.py``, ``model/nn.py``; docs/models/pada.md section 3.1-3.2).
 
 The modules keep DiffAE's parameter names (``in_layers.{0,2}``, ``emb_layers.1``, ``cond_emb_layers.1``,
 ``out_layers.{0,3}``, ``skip_connection``, ``norm``/``qkv``/``proj_out``, ``time_embed.{0,2}``) so an official

@@ -1,4 +1,4 @@
-"""Glow building blocks (Kingma & Dhariwal 2018) as AgeFlow uses them (specs/ageflow.md sections 3.1, 3.2, 9).
+"""Glow building blocks (Kingma & Dhariwal 2018) as AgeFlow uses them (docs/models/ageflow.md sections 3.1, 3.2, 9).
 
 Squeeze/unsqueeze, ActNorm, the LU-parametrised invertible 1x1 conv, the additive coupling whose last layer
 is the 1-padded ZeroConv2d, optional channel attention in the coupling network (AgeFlow's ICTM), one flow
@@ -8,7 +8,7 @@ AgeFlow code (Hzzone/AgeFlow ``flow/modules.py``), so its ``generator-*`` state 
 Every ``forward`` returns ``(output, logdet)`` with a data-independent logdet (a 0-d tensor: ActNorm, the
 1x1 conv and additive couplings have Jacobians that do not depend on the input); ``reverse`` undoes it.
 
-Inference and the 1x1 conv (specs/ageflow.md section 7 item 7, section 8 item 8): in training mode W is
+Inference and the 1x1 conv (docs/models/ageflow.md section 7 item 7, section 8 item 8): in training mode W is
 rebuilt from its LU factors on every call so gradients reach them. In eval mode W and W^-1 come from a
 cache built once, in float64, from the current factors (lazily on first eval use, or explicitly with
 :meth:`InvConv2dLU.prepare_inference`); the cache is keyed on the factors' storage and version counters, so
@@ -59,7 +59,7 @@ class ActNorm(nn.Module):
 
     Data-dependent init (loc = -mean, scale = 1 / (std + 1e-6), unbiased std over N, H, W, summed across
     ranks under torch.distributed) runs on the first *training-mode* forward while ``initialized`` is 0;
-    an eval forward never changes anything (specs/ageflow.md section 7 item 8).
+    an eval forward never changes anything (docs/models/ageflow.md section 7 item 8).
     """
 
     def __init__(self, channels: int) -> None:
@@ -185,7 +185,7 @@ class ZeroConv2d(nn.Module):
     """Pad the input by one pixel with the constant 1.0, 3x3 conv (no padding), times exp(3 * scale).
 
     ``conv.weight``, ``conv.bias`` and ``scale`` [1, out, 1, 1] start at zero, so the layer outputs zero.
-    The 1-padding is the official code's (specs/ageflow.md section 7 item 2); released weights rely on it.
+    The 1-padding is the official code's (docs/models/ageflow.md section 7 item 2); released weights rely on it.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -202,7 +202,7 @@ class ZeroConv2d(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """Squeeze-and-excitation: x * sigmoid(fc2(ReLU(fc1(mean_hw x)))) (AgeFlow ICTM, specs section 3.2)."""
+    """Squeeze-and-excitation: x * sigmoid(fc2(ReLU(fc1(mean_hw x)))) (AgeFlow ICTM, docs/models/ageflow.md 3.2)."""
 
     def __init__(self, channels: int, bottleneck: int) -> None:
         super().__init__()

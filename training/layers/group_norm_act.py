@@ -13,8 +13,8 @@ y              ``act(x_hat * a + b)``                       act in {"none", "rel
 =============  ===========================================  ======================================
 
 Per sample scale and shift let callers fold more than the GN affine into one pair: PADA's conditioned ResBlock
-(specs/pada.md section 10 item 3) has ``a = g (1 + s_t)(1 + s_c)``, ``b = (beta (1 + s_t) + b_t)(1 + s_c)``
-and SiLU; AcGAN's InstanceNorm is G = C with a = gamma, b = beta and ReLU (specs/acgan.md section 9). The
+(docs/models/pada.md section 10 item 3) has ``a = g (1 + s_t)(1 + s_c)``, ``b = (beta (1 + s_t) + b_t)(1 + s_c)``
+and SiLU; AcGAN's InstanceNorm is G = C with a = gamma, b = beta and ReLU (docs/models/acgan.md section 9). The
 statistics and the affine are computed in fp32 for fp32/fp16/bf16 x (float64 for float64 x) and the result is
 rounded once to x's dtype, in x's memory format.
 """

@@ -3,7 +3,7 @@
 Guided backprop (Springenberg et al. 2014): at every ReLU the gradient passes only where both the forward
 input and the incoming gradient are positive, g_in = g_out * [a > 0] * [g_out > 0]. CUSP runs it through the
 frozen DEX VGG-16 from L = sum of the logits (``all``) or their max (``max``) to the input image, then
-(specs/cusp.md section 3.6):
+(docs/models/cusp.md section 3.6):
 
     A   = mean_c |G|                         abs first, then the channel mean (the official order)
     A   = A / (std(A) + 1e-15)               cosmetic: M does not depend on A's scale

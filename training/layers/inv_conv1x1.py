@@ -1,8 +1,8 @@
 """Oracle for Glow's invertible 1x1 convolution with ActNorm folded in (AgeFlow; Kingma & Dhariwal 2018).
 
 Per pixel, ``y = W x + b`` (Glow section 3.2, Table 1: "Invertible 1x1 convolution", log-determinant
-``h * w * log|det W|``). AgeFlow's flow step is ActNorm, ``y = s * (x + loc)`` (specs/ageflow.md section 3.1),
-followed by the 1x1 conv ``z = W y``. Folded at load time, in float64 (specs/ageflow.md section 9):
+``h * w * log|det W|``). AgeFlow's flow step is ActNorm, ``y = s * (x + loc)`` (docs/models/ageflow.md section 3.1),
+followed by the 1x1 conv ``z = W y``. Folded at load time, in float64 (docs/models/ageflow.md section 9):
 
     forward   z = W' x + b'        W' = W diag(s),   b' = W (s * loc)
     inverse   x = W'^-1 z - loc    (the same op with weight W'^-1 and bias -loc)

@@ -5,7 +5,7 @@
 k_sigma is the separable Gaussian g_sigma (x) g_sigma with K taps, g[n] = exp(-(n - (K-1)/2)^2 / (2 sigma^2))
 normalised to sum 1, applied per channel with zero padding (K-1)/2 (same-size output); sigma = 0 is the
 identity, exactly; where sigma_m == sigma_g the blend is skipped, so the result does not depend on M at all
-(sigma_m = sigma_g = 0 returns F bit for bit). sigma_m and sigma_g are per sample. specs/cusp.md
+(sigma_m = sigma_g = 0 returns F bit for bit). sigma_m and sigma_g are per sample. docs/models/cusp.md
 section 3.5 explains how the CUSP model composes two calls of this op into the trained double blur.
 """
 

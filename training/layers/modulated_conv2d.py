@@ -4,7 +4,7 @@
     d_{b,o}      = (sum_{i,k} w'_{b,o,i,k}^2 + eps)^(-1/2)      Eq. (3), demodulation
     y_b          = conv(x_b, d_b * w'_b)
 
-Two forms compute the same thing (specs/cusp.md section 3.4; stylegan2-ada ``fused_modconv``):
+Two forms compute the same thing (docs/models/cusp.md section 3.4; stylegan2-ada ``fused_modconv``):
   * ``grouped``: materialise per-sample weights, one grouped conv with groups = B;
   * ``scaled`` (activation scaling): y_b = d_b * conv(s_b * x_b, w), one shared-weight conv.
 The demodulation coefficients come from one small GEMM: d = (s^2 Q^T + eps)^(-1/2), Q_{o,i} = sum_k w_{o,i,k}^2.

@@ -1,4 +1,4 @@
-"""AcGAN losses: the official per-iteration recipe (specs/acgan.md section 6), plus the paper's forms as options.
+"""AcGAN losses: the official per-iteration recipe (docs/models/acgan.md section 6), plus the paper's forms as options.
 
 Notation: x_s real image, y_s its one-hot group, y_t the target group, (C, A) = G(x_s, y_t),
 x_t = A * x_s + (1 - A) * C, D(x) = (critic score D_I [B], group logits [B, c_dim]).
@@ -11,7 +11,7 @@ D2          10 * mean_b (||grad_x~ D_I(x~)||_2 - 1)^2, x~ = a x_s + (1 - a) x_t,
 G           -10 * mean D_I(x_t) + 100 * CE(D_y(x_t), y_t) + 2 * mean(A) + 1e-4 * TV1(A)          Adam on G
 ==========  ===================================================================================  ===========
 
-D returns logits (spec section 7 item 9); CE is a log-softmax cross-entropy by default and the official
+D returns logits (docs/models/acgan.md section 7 item 9); CE is a log-softmax cross-entropy by default and the official
 ``-sum(y * log(softmax + 1e-10)) / B`` with ``ce="official"``. They agree unless a probability is below 1e-10.
 """
 

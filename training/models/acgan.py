@@ -6,9 +6,9 @@ A = sigmoid(.). The aged face is Eq. (1): out = A * x + (1 - A) * C, so A = 1 ke
 The discriminator is one trunk with two heads: a WGAN-GP critic score D_I and age-group logits D_y.
 
 Module and parameter names follow the official code (JensonZhu14/AcGAN, models/networks/AcGANs.py) so that
-its state dicts load after stripping DataParallel's ``module.`` prefix (specs/acgan.md section 5); the
+its state dicts load after stripping DataParallel's ``module.`` prefix (docs/models/acgan.md section 5); the
 parameter registration order is the official one, so official optimizer states line up too. Two deliberate
-differences (specs/acgan.md section 7 items 9-10): D returns logits, not softmax probabilities, and returns
+differences (docs/models/acgan.md section 7 items 9-10): D returns logits, not softmax probabilities, and returns
 [B] and [B, c_dim] instead of squeezing (which crashed the official code at B = 1).
 """
 
@@ -32,10 +32,10 @@ ALIGN_TEMPLATE_112 = (
 
 @dataclass(frozen=True)
 class AcGANConfig:
-    """Sizes of G and D plus the crop they expect (specs/acgan.md sections 2-4).
+    """Sizes of G and D plus the crop they expect (docs/models/acgan.md sections 2-4).
 
     ``image_size`` is enforced: the conditioning reaches G only through the zero-padding frame of the stem
-    (specs/acgan.md section 9 item 5), so weights trained at one size do not transfer to another.
+    (docs/models/acgan.md section 9 item 5), so weights trained at one size do not transfer to another.
     ``align_template`` (in 112x112 pixel units, scaled by image_size / 112) and ``align_margin`` (the crop is
     shrunk about its centre by 1 / (1 + margin): 0.1 for Morph weights, 0.2 for CACD) describe the crop the
     face pipeline must produce; ``data_age_range`` is the training set's age span (Morph 16-77, CACD 16-62):
@@ -67,7 +67,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     """nn.InstanceNorm2d(affine=True) that computes in float32 for half-precision inputs.
 
     Same parameters (``weight``, ``bias``) and no buffers, as the official layer; statistics over 56x56 or
-    224x224 values lose too much in fp16 (specs/acgan.md section 8 item 9).
+    224x224 values lose too much in fp16 (docs/models/acgan.md section 8 item 9).
     """
 
     def __init__(self, num_features: int) -> None:
@@ -115,7 +115,7 @@ def mask_blend(x: Tensor, a: Tensor, c: Tensor) -> Tensor:
     """Eq. (1): out = A * x + (1 - A) * C.
 
     Written with both products so that the endpoints are exact: A == 1 gives x + 0 * C == x and A == 0 gives
-    0 * x + C == C bitwise (the cheaper C + A * (x - C) rounds at A == 1; specs/acgan.md section 8 item 3).
+    0 * x + C == C bitwise (the cheaper C + A * (x - C) rounds at A == 1; docs/models/acgan.md section 8 item 3).
 
     Args:
         x: Tensor[B, 3, H, W] input image.
@@ -226,7 +226,7 @@ class Generator(nn.Module):
         """The stem conv's response to the tiled condition of ``group`` alone: Tensor[d, S, S] (fp32 math).
 
         Constant inside, with a 3-pixel frame where the zero padding cuts the 7x7 kernel; adding it to the
-        stem conv of the 3 image channels gives the 8-channel stem (specs/acgan.md section 9 item 5).
+        stem conv of the 3 image channels gives the 8-channel stem (docs/models/acgan.md section 9 item 5).
         """
         s, c_dim = self.config.image_size, self.config.c_dim
         if not 0 <= group < c_dim:

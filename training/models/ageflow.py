@@ -1,6 +1,6 @@
 """AgeFlow (Huang, Chen, Zhang, Shan, IJCAI 2021): Glow flow G, ICTM T, prior generator, latent discriminator D.
 
-Inference (specs/ageflow.md section 2, mode ``ictm``): x = quantise(crop); (z_0..z_{L-2}, z_top) = G(x);
+Inference (docs/models/ageflow.md section 2, mode ``ictm``): x = quantise(crop); (z_0..z_{L-2}, z_top) = G(x);
 (mu_t, rho_t) = PriorGen(onehot(g)); (z'_t, mu'_s, rho'_s) = T(z_top, mu_t, rho_t); y = G^-1(z_0.., z'_t).
 The lower latents pass through unchanged (``lower_latents="raw"``, the default), or as prior-standardised
 eps_l that are rebuilt from the split priors of the decoded levels (``"eps"``, section 2).
@@ -32,7 +32,7 @@ LOWER_LATENT_MODES = ("raw", "eps")
 
 @dataclass(frozen=True)
 class AgeFlowConfig:
-    """Sizes of G, T, the prior generator and D (specs/ageflow.md sections 3-4).
+    """Sizes of G, T, the prior generator and D (docs/models/ageflow.md sections 3-4).
 
     ``image_size`` fixes the top latent's side (image_size / 2^levels), which sizes T and the prior table;
     G itself is fully convolutional.
@@ -217,7 +217,7 @@ class ICTM(nn.Module):
 
     ``flows`` steps, each an LU 1x1 conv initialised to the channel reversal and an additive coupling whose
     network has channel attention before its zero conv; no ActNorm. An even number of reversals and zero
-    convs make T exactly the identity at init (specs/ageflow.md section 3.2).
+    convs make T exactly the identity at init (docs/models/ageflow.md section 3.2).
     """
 
     def __init__(self, channels: int, flows: int, hidden: int, attention: int) -> None:
@@ -251,7 +251,7 @@ class PriorGenerator(nn.Module):
     """Bias-free Linear(n -> 2 C s^2): a table [n, 2, C, s, s] of (mu, rho = log sigma) per age group.
 
     Starts at zero (the standard normal for every group) until :meth:`init_from_statistics` loads the
-    per-group mean and log-std of z_top (specs/ageflow.md section 6.3).
+    per-group mean and log-std of z_top (docs/models/ageflow.md section 6.3).
     """
 
     def __init__(self, groups: int, channels: int, size: int) -> None:
@@ -275,7 +275,7 @@ class PriorGenerator(nn.Module):
 
 class LatentDiscriminator(nn.Module):
     """D on the flattened z_top (training only): two spectrally normalised Linear(-> hidden) + LeakyReLU(0.2),
-    then an LSGAN head Linear(hidden -> 1) and an age head Linear(hidden -> n) (specs/ageflow.md section 3.3)."""
+    then an LSGAN head Linear(hidden -> 1) and an age head Linear(hidden -> n) (docs/models/ageflow.md section 3.3)."""
 
     def __init__(self, features: int, hidden: int, groups: int) -> None:
         super().__init__()
@@ -352,7 +352,7 @@ class AgeFlow(nn.Module):
 
     def undo(self, y: Tensor, result: AgingResult) -> Tensor:
         """Un-age: re-encode the continuous y [B, 3, S, S], apply T^-1 with (mu'_s, rho'_s), decode with the
-        same lower latents (specs/ageflow.md section 2). Returns x [B, 3, S, S] in model space."""
+        same lower latents (docs/models/ageflow.md section 2). Returns x [B, 3, S, S] in model space."""
         z_t = self.flow.encode(y).top  # [B, C_top, s, s]
         z_s, _, _ = self.ictm.reverse(z_t, result.mu_source, result.rho_source)  # [B, C_top, s, s]
         return self.flow.decode(result.lower, z_s, standardized=result.standardized)  # [B, 3, S, S]

@@ -1,6 +1,6 @@
-"""CUSP: Custom Structure Preservation in Face Aging (Gomez-Trenado et al., ECCV 2022); specs/cusp.md.
+"""CUSP: Custom Structure Preservation in Face Aging (Gomez-Trenado et al., ECCV 2022); docs/models/cusp.md.
 
-Forward (spec section 3), x in [-1, 1] RGB [B, 3, H, H]:
+Forward (docs/models/cusp.md section 3), x in [-1, 1] RGB [B, 3, H, H]:
   1. content encoder E_c -> c_1..c_n (H/2 .. H/2^n); style encoder E_s -> v = spatial mean of its last map;
   2. ws = interleave(w_a = M_a(onehot(age)), w_s = M_s(v)) -> [B, 3n, w_dim], block i reads (w_a, w_s, w_s);
   3. structure mask M = guided-backprop mask of the frozen DEX (Eq. (1)), area-resized to S = H/4;
@@ -10,7 +10,7 @@ Forward (spec section 3), x in [-1, 1] RGB [B, 3, H, H]:
 State-dict keys are the official ``G_ema`` names (``content_enc.conv0.weight``, ``image_dec.b14.conv0.affine.
 weight``, ...) plus ``dex.*``; tensors are stored unscaled and the runtime gains are applied in forward, so the
 converter copies official tensors unchanged. The official ``blur_list`` bank is not stored: kernels are built
-from sigma (spec section 3.5 [D]).
+from sigma (docs/models/cusp.md section 3.5 [D]).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class CUSPConfig:
 
     @property
     def sigma_max(self) -> float:
-        """Largest accepted sigma in input pixels: max(9, H/25) (spec section 2.1)."""
+        """Largest accepted sigma in input pixels: max(9, H/25) (docs/models/cusp.md section 2.1)."""
         return max(9.0, self.resolution / 25)
 
     @property
@@ -364,8 +364,9 @@ class CUSP(nn.Module):
         return masked_gaussian_blur(blurred_g, mask, s_m, torch.zeros_like(s_m), kernel)  # [B, C, S, S]
 
     def make_noise(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        """Per-sample noise for noise_mode 'random' (spec 2.2): sample b draws [1, 1, R, R] per layer from a CPU
-        generator seeded with seeds[b], in the order b{R0}.conv0, b{R0}.conv1, b{R1}.conv0, ...; then moved."""
+        """Per-sample noise for noise_mode 'random' (docs/models/cusp.md 2.2): sample b draws [1, 1, R, R] per layer
+        from a CPU generator seeded with seeds[b], in the order
+        b{R0}.conv0, b{R0}.conv1, b{R1}.conv0, ...; then moved."""
         per_layer: dict[str, list[Tensor]] = {}
         for seed in seeds:
             gen = torch.Generator().manual_seed(int(seed))
@@ -415,7 +416,7 @@ class CUSP(nn.Module):
 
 
 def generator_parameter_count(model: CUSP) -> int:
-    """Parameters of G alone (the DEX excluded), as counted in spec section 3.7."""
+    """Parameters of G alone (the DEX excluded), as counted in docs/models/cusp.md section 3.7."""
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("dex."))
 
 

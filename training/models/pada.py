@@ -1,6 +1,6 @@
 """PADA: Pluralistic Aging Diffusion Autoencoder (Li et al., ICCV 2023), on DiffAE ``ffhq256_autoenc``.
 
-Spec: specs/pada.md. Inference (section 1-2)::
+Design notes: docs/models/pada.md. Inference (section 1-2)::
 
     x_src [B,3,S,S] in [-1,1] --semantic encoder--> z_src [B,Z]
     prompt / reference --CLIP--> e_txt / e_img [.,D] --(+eps*s*eta | PAE mu + sigma*s*eta)--> e_age [B,D]
@@ -39,7 +39,7 @@ from ..layers.diffae import (
     zero_module,
 )
 
-# --- age groups and prompts (spec section 2; FFHQ-AT) ------------------------------------------------------------
+# --- age groups and prompts (docs/models/pada.md section 2; FFHQ-AT) --------------------------------------------------
 # Closed intervals in whole years (D11): 70 falls in 51-70; "70+" starts at 71.
 AGE_GROUPS: tuple[tuple[float, float, str], ...] = (
     (0, 5, "0-5"),
