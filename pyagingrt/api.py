@@ -393,6 +393,17 @@ class Engine:
             gen.manual_seed(int(seed))
         return gen
 
+    def _sample_batch(self, batch: int) -> tuple[Tensor, Tensor, torch.Generator, dict[str, Any]]:
+        """A seeded random batch with every age group as a target: what backends build, warm up and probe on."""
+        size = self.input_size
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.rand(batch, 3, size, size, generator=gen)
+        groups = self.age_groups
+        ages = torch.tensor([groups[i % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64)
+        targets = self.adapter.validate_ages(self.config, ages)
+        options = self.adapter.validate_options(self.config, batch, {})
+        return pixels, targets, gen, options
+
     def _run(self, pixels: Tensor, targets: Tensor, generator: torch.Generator, options: dict[str, Any]) -> Tensor:
         """Run the adapter on a validated batch (float32 [B, 3, S, S] on any device)."""
         with torch.no_grad():

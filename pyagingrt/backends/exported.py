@@ -114,16 +114,6 @@ class ExportedGraphEngine(Engine):
     def export_dtype(self) -> torch.dtype:
         return self.export_dtypes[self.dtype]
 
-    def _sample_batch(self, batch: int) -> tuple[Tensor, Tensor, torch.Generator, dict[str, Any]]:
-        size = self.input_size
-        gen = torch.Generator().manual_seed(0)
-        pixels = torch.rand(batch, 3, size, size, generator=gen)
-        groups = self.age_groups
-        ages = torch.tensor([groups[i % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64)
-        targets = self.adapter.validate_ages(self.config, ages)
-        options = self.adapter.validate_options(self.config, batch, {})
-        return pixels, targets, gen, options
-
     def _prepare(
         self, pixels: Tensor, targets: Tensor, generator: torch.Generator, options: dict[str, Any]
     ) -> dict[str, Tensor]:

@@ -143,16 +143,6 @@ class NativeEngine(Engine):
             "extension": {k: info.get(k) for k in ("version", "with_cuda", "torch_version") if k in info},
         }
 
-    def _sample_batch(self, batch: int) -> tuple[Tensor, Tensor, torch.Generator, dict[str, Any]]:
-        size = self.input_size
-        gen = torch.Generator().manual_seed(0)
-        pixels = torch.rand(batch, 3, size, size, generator=gen)
-        groups = self.age_groups
-        ages = torch.tensor([groups[i % len(groups)].representative_age() for i in range(batch)], dtype=torch.float64)
-        targets = self.adapter.validate_ages(self.config, ages)
-        options = self.adapter.validate_options(self.config, batch, {})
-        return pixels, targets, gen, options
-
     def _check_finite(self) -> None:
         """Build-time check that the converted engine does not overflow on a random batch."""
         if self.dtype == torch.float32:
