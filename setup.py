@@ -85,7 +85,7 @@ setup(
     version=read_version(),
     packages=find_packages_mapped(),
     package_dir=PACKAGE_DIRS,
-    package_data={"pyagingrt": ["py.typed", "_C.pyi", "serve/static/*"]},
+    package_data={"pyagingrt": ["py.typed", "_C.pyi", "serve/static/*", "models/costs.json"]},
     ext_modules=[CMakeExtension("pyagingrt._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

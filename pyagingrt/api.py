@@ -35,6 +35,7 @@ from .errors import (
 )
 from .images import ImageInput, as_image_batch
 from .models.base import AgeGroup, ModelAdapter
+from .models.costs import model_cost
 from .models.registry import get_adapter, model_names
 
 __all__ = ["PRECISIONS", "Engine", "RandomWeightsWarning", "load"]
@@ -342,12 +343,10 @@ class Engine:
         return sum(p.numel() for p in self.module.parameters())
 
     def flops_per_image(self) -> float:
-        """FLOPs (2 per multiply-add) of one image, counted once in fp32 on the meta device (shapes only: no
-        weights, no memory, no arithmetic) and cached."""
+        """FLOPs (2 per multiply-add) of one image in fp32: tabulated for a named config, otherwise counted once
+        on the meta device (shapes only: no weights, no memory, no arithmetic) and cached."""
         if self._flops is None:
-            with torch.device("meta"):
-                probe = self.adapter.build(self.config).eval().requires_grad_(False)
-            self._flops = self.adapter.flops_per_image(probe, self.config)
+            self._flops = model_cost(self.adapter, self.config).flops_per_image
         return self._flops
 
     def describe(self) -> dict[str, Any]:
@@ -459,15 +458,21 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """What ``agingrt info`` prints: model, config, parameters, GFLOP per image, input size, groups, options."""
-        groups = [
-            f"{g.index}: {g.label} ({g.low:g}-{'' if math.isinf(g.high) else f'{g.high:g}'})" for g in self.age_groups
-        ]
-        return {
-            "model": f"{self.model} — {self.adapter.title}",
-            "config": self.config_name or "custom",
-            "parameters": self.num_parameters(),
-            "gflop_per_image": self.flops_per_image() / 1e9,
-            "input_size": self.input_size,
-            "age_groups": groups,
-            "options": {o.name: (o.default, o.help) for o in self.adapter.options},
-        }
+        return config_info(self.adapter, self.config, self.config_name, self.num_parameters())
+
+
+def config_info(adapter: ModelAdapter, config: Any, config_name: str | None, parameters: int) -> dict[str, Any]:
+    """Engine.info() of a model config, without building it (``agingrt info`` gives the tabulated parameters)."""
+    groups = [
+        f"{g.index}: {g.label} ({g.low:g}-{'' if math.isinf(g.high) else f'{g.high:g}'})"
+        for g in adapter.age_groups(config)
+    ]
+    return {
+        "model": f"{adapter.name} — {adapter.title}",
+        "config": config_name or "custom",
+        "parameters": parameters,
+        "gflop_per_image": model_cost(adapter, config).flops_per_image / 1e9,
+        "input_size": adapter.input_size(config),
+        "age_groups": groups,
+        "options": {o.name: (o.default, o.help) for o in adapter.options},
+    }

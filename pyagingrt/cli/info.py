@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _shape_only_engine(model: str, config: str | None) -> Any:
-    """An Engine whose module lives on the meta device: sizes, parameter count and FLOPs without allocating or
-    initialising any weight (the paper AgeFlow would take ~7 GB and half a minute to build for real)."""
-    import torch
-
-    import pyagingrt
+def _model_config(model: str, config: str | None) -> tuple[Any, Any, str | None]:
+    """(adapter, config, config name or None) of a model name (+ --config) or of a pyagingrt checkpoint's header;
+    nothing is built: the figures come from the cost table or a meta-device count (pyagingrt.models.costs)."""
     from pyagingrt.checkpoint import read_header
     from pyagingrt.models.registry import get_adapter, model_names
 
@@ -38,17 +34,13 @@ def _shape_only_engine(model: str, config: str | None) -> Any:
         if config is not None:
             raise InputError("a pyagingrt checkpoint stores its config; leave --config out")
         adapter = get_adapter(header.model)
-        cfg, name = adapter.config_from_dict(header.config), None
-    else:
-        adapter = get_adapter(model)
-        name = config or adapter.config_names[0]
-        if name not in adapter.config_names:
-            raise InputError(f"{adapter.name} has no config {name!r}; choose one of: {', '.join(adapter.config_names)}")
-        cfg = adapter.make_config(name)
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore", pyagingrt.RandomWeightsWarning)  # e.g. PADA's random CLIP: not used here
-        module = adapter.build(cfg).eval().requires_grad_(False)
-    return pyagingrt.Engine(adapter, cfg, module, torch.device("meta"), torch.float32, config_name=name)
+        cfg = adapter.config_from_dict(header.config)
+        return adapter, cfg, adapter.config_name_of(cfg)
+    adapter = get_adapter(model)
+    name = config or adapter.config_names[0]
+    if name not in adapter.config_names:
+        raise InputError(f"{adapter.name} has no config {name!r}; choose one of: {', '.join(adapter.config_names)}")
+    return adapter, adapter.make_config(name), name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,14 +58,17 @@ def run(args: argparse.Namespace) -> int:
             adapter = get_adapter(name)
             print(f"  {name:8s} {adapter.title}; configs: {', '.join(adapter.config_names)}")
         return 0
-    engine = _shape_only_engine(args.model, args.config)
-    info = engine.info()
+    from pyagingrt.api import config_info
+    from pyagingrt.models.costs import model_cost
+
+    adapter, cfg, name = _model_config(args.model, args.config)
+    info = config_info(adapter, cfg, name, model_cost(adapter, cfg).parameters)
     print(f"model       {info['model']}")
     print(f"config      {info['config']}")
     print(f"parameters  {info['parameters']:,}")
     print(f"GFLOP/image {info['gflop_per_image']:.2f}")
     print(f"input       {info['input_size']}x{info['input_size']} aligned RGB crop")
-    if behaviour := engine.adapter.behaviour(engine.config):  # e.g. CUSP's mask mode
+    if behaviour := adapter.behaviour(cfg):  # e.g. CUSP's mask mode
         print(f"behaviour   {behaviour}")
     print("age groups  " + "\n            ".join(info["age_groups"]))
     if info["options"]:

@@ -299,9 +299,8 @@ def test_flops_counted_on_meta_equal_a_real_count(model):
     assert engine.flops_per_image() == real > 0
 
 
-@pytest.mark.slow  # the paper AgeFlow's 3,900 module calls through the FLOP counter: ~5 s on a quiet core
 def test_info_builds_no_weights(capsys, monkeypatch):
-    """`agingrt info ageflow` is the paper model (445 M parameters): counted without allocating them."""
+    """`agingrt info ageflow` is the paper model (445 M parameters): its figures come without allocating them."""
     allocated = []
     real_empty = torch.empty
 
