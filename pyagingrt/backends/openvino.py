@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..errors import BackendUnavailableError, InputError
 from .exported import ExportedGraphEngine, require_module
+from .openvino_untie import untie_weight_constants
 
 _HINTS = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -63,7 +64,9 @@ class OpenVINOEngine(ExportedGraphEngine):
         config = {"INFERENCE_PRECISION_HINT": _HINTS[self.dtype], "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         if self.dtype == torch.float32:
             config["EXECUTION_MODE_HINT"] = "ACCURACY"
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        model = core.read_model(str(path))
+        untie_weight_constants(model)  # an OpenVINO bug: see openvino_untie.py
+        compiled = core.compile_model(model, "CPU", config)
         return compiled.create_infer_request()
 
     def _infer(self, session: Any, feed: dict[str, Tensor]) -> Tensor:

@@ -65,22 +65,8 @@ def call(engine: pyagingrt.Engine, batch: int, **options) -> torch.Tensor:
     return engine.age(x, ages, seed=7, **options)
 
 
-def parity_cases():
-    for backend in ("onnxruntime", "openvino"):
-        for model in MODELS:
-            marks = []
-            if backend == "openvino" and model == "cusp":
-                marks.append(
-                    pytest.mark.xfail(
-                        raises=AssertionError,
-                        reason="OpenVINO's CPU plugin computes CUSP's guided-backprop mask differently (up to ~0.06 "
-                        "on the output; exact with sigma_m=0, see test_openvino_cusp_without_mask)",
-                    )
-                )
-            yield pytest.param(backend, model, marks=marks, id=f"{backend}-{model}")
-
-
-@pytest.mark.parametrize(("backend", "model"), list(parity_cases()))
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_exported_backend_matches_torch(backend, model):
     engine = build(backend, model)
     ref = reference(model)
@@ -93,12 +79,49 @@ def test_exported_backend_matches_torch(backend, model):
     assert described["runner"].lower().startswith(model)
 
 
-def test_openvino_cusp_without_mask():
-    engine = build("openvino", "cusp")
-    options = {"sigma_m": 0.0, "sigma_g": 0.0}
-    torch.testing.assert_close(
-        call(engine, 2, **options), call(reference("cusp"), 2, **options), atol=FP32_ATOL, rtol=0
+def _shared_weight_graph(kind: str, w):
+    """y = layer(x, W), z = its transpose applied to g, both reading the one constant W (as CUSP's backward)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if kind == "linear":  # y = x W^T (torch's linear), z = g W
+        nodes = [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1), helper.make_node("MatMul", ["g", "W"], ["z"])]
+        shapes = {"x": [2, 16], "g": [2, 16], "y": [2, 16], "z": [2, 16]}
+    else:  # y = conv(x, W), z = conv_transpose(g, W)
+        nodes = [
+            helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("ConvTranspose", ["g", "W"], ["z"], pads=[1, 1, 1, 1]),
+        ]
+        shapes = {"x": [1, 16, 5, 5], "g": [1, 16, 5, 5], "y": [1, 16, 5, 5], "z": [1, 16, 5, 5]}
+    io = {n: helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in shapes.items()}
+    graph = helper.make_graph(
+        nodes, "shared_weight", [io["x"], io["g"]], [io["y"], io["z"]], [numpy_helper.from_array(w, "W")]
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), shapes
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_openvino_reads_a_weight_shared_by_two_layers_in_each_layout(kind):
+    """CUSP's guided backward reads each DEX weight in its layer and in that layer's transpose; OpenVINO 2026.4
+    computed the second with the first's layout when both read one constant. untie_weight_constants gives each
+    reader its own copy; ONNX Runtime is the reference."""
+    import numpy as np
+    import onnxruntime as ort
+    import openvino as ov
+
+    from pyagingrt.backends.openvino_untie import untie_weight_constants
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16) if kind == "linear" else (16, 16, 3, 3)).astype(np.float32)
+    proto, shapes = _shared_weight_graph(kind, w)
+    feed = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in ("x", "g")}
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y", "z"], feed)
+    core = ov.Core()
+    model = core.read_model(proto.SerializeToString(), b"")
+    assert untie_weight_constants(model) == 1
+    request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    got = {next(iter(port.get_names())): value for port, value in request.infer(feed).items()}
+    np.testing.assert_allclose(got["y"], want[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["z"], want[1], atol=1e-4, rtol=0)
 
 
 def test_onnxruntime_uses_io_binding_and_the_cpu_provider():
