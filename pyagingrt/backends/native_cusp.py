@@ -69,7 +69,7 @@ from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, norma
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
 from .runner import NativeRunner, Tensors, check_target_indices
 
-DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (modulated_conv2d's default)
+DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (StyleGAN2's)
 NOISE_MODES = ("const", "random", "none")
 
 

@@ -14,7 +14,6 @@ from .guided_backprop_mask import (
 )
 from .inv_conv1x1 import inv_conv1x1
 from .masked_gaussian_blur import masked_gaussian_blur, masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
-from .modulated_conv2d import modulated_conv2d
 
 __all__ = [
     "ChannelAffine",
@@ -29,5 +28,4 @@ __all__ = [
     "masked_gaussian_blur",
     "masked_gaussian_blur_tables",
     "masked_gaussian_blur_with_taps",
-    "modulated_conv2d",
 ]

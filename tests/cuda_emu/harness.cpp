@@ -20,7 +20,6 @@
 #include "kernels/guided_backprop_mask.h"
 #include "kernels/inv_conv1x1.h"
 #include "kernels/masked_gaussian_blur.h"
-#include "kernels/modulated_conv2d.h"
 
 using namespace agingrt;
 
@@ -286,79 +285,6 @@ void test_masked_gaussian_blur() {
     }
 }
 
-// ---- modulated_conv2d kernels ---------------------------------------------------------------------------------
-
-void test_scale_channels() {
-    for (DType d : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-        for (bool cl : {false, true}) {
-            for (int64_t c : {3, 8, 16}) {
-                for (int64_t hw : {5, 8, 12}) {
-                    for (int64_t shift : {0, 1}) {
-                        for (bool in_place : {false, true}) {
-                            const int64_t b = 2, n = b * c * hw;
-                            Buffer x(d, n, shift), s(DType::kFloat32, b * c);
-                            x.fill_random();
-                            s.fill_random();
-                            Buffer out(d, n, shift), ref(d, n);
-                            ScaleChannelsParams p{};
-                            p.scale = s.data();
-                            p.batch = b;
-                            p.channels = c;
-                            p.spatial = hw;
-                            p.channels_last = cl;
-                            p.dtype = d;
-                            p.scale_dtype = DType::kFloat32;
-                            p.x = x.data();
-                            p.y = ref.data();
-                            const std::string what = std::string("scale_channels ") + dtype_name(d) +
-                                                     (cl ? " NHWC" : " NCHW") + " C " + std::to_string(c) + " HW " +
-                                                     std::to_string(hw) + " shift " + std::to_string(shift) +
-                                                     (in_place ? " in place" : "");
-                            expect_ok(what + " (cpu)", scale_channels_cpu(p));
-                            if (in_place) {
-                                std::memcpy(out.data(), x.data(), n * elem_size(d));
-                                p.x = out.data();
-                            }
-                            p.y = out.data();
-                            expect_ok(what, scale_channels_cuda(p, nullptr));
-                            expect_close(what, out, ref, 0.0, 0.0);  // one float product rounded once: exact
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-void test_demodulation() {
-    for (int64_t in_ch : {1, 5, 40, 70}) {
-        for (int64_t out_ch : {1, 9}) {
-            const int64_t b = 3;
-            Buffer s(DType::kFloat32, b * in_ch), q(DType::kFloat32, out_ch * in_ch);
-            s.fill_random();
-            for (int64_t i = 0; i < q.n; ++i) {
-                const float v = std::normal_distribution<float>(0.0f, 1.0f)(g_rng);
-                q.set(i, v * v);
-            }
-            Buffer out(DType::kFloat32, b * out_ch), ref(DType::kFloat32, b * out_ch);
-            DemodulationParams p{};
-            p.styles = s.data();
-            p.q = q.data();
-            p.batch = b;
-            p.in_channels = in_ch;
-            p.out_channels = out_ch;
-            p.eps = 1e-8;
-            p.dtype = DType::kFloat32;
-            const std::string what = "demodulation I " + std::to_string(in_ch) + " O " + std::to_string(out_ch);
-            p.d = out.data();
-            expect_ok(what, demodulation_coefficients_cuda(p, nullptr));
-            p.d = ref.data();
-            expect_ok(what + " (cpu)", demodulation_coefficients_cpu(p));
-            expect_close(what, out, ref, 0.0, 1e-5);
-        }
-    }
-}
-
 // ---- guided backprop ------------------------------------------------------------------------------------------
 
 void test_guided_relu() {
@@ -558,8 +484,6 @@ int main() {
     test_ddim_step();
     test_inv_conv1x1();
     test_masked_gaussian_blur();
-    test_scale_channels();
-    test_demodulation();
     test_guided_relu();
     test_guided_backprop_mask();
     test_group_norm_act();
