@@ -103,6 +103,7 @@ def _make_runner(
         return (lambda x, t: call(x, t, generator, options)), options
 
     adapter, module = engine.adapter, engine.module
+    adapter.prepare_compile(module)  # this engine is the compile variant's own
 
     def forward(x: Tensor, t: Tensor) -> Tensor:
         return adapter.run(module, x, t.to(x.device), generator, options)

@@ -117,6 +117,10 @@ class ModelAdapter(ABC):
             raise InputError(f"{self.name} does not take option(s) {', '.join(unknown)}; allowed: {allowed}")
         return {**known, **options}
 
+    def prepare_compile(self, module: nn.Module) -> None:  # noqa: B027 (optional hook)
+        """Make ``module`` traceable by ``torch.compile`` (in place) before ``run`` is compiled; e.g. CUSP runs
+        the part that calls torch.autograd.grad eagerly between compiled parts. Nothing by default."""
+
     @abstractmethod
     def run(
         self,

@@ -201,6 +201,13 @@ class CUSPAdapter(ModelAdapter):
         return opts
 
     # --- inference ---------------------------------------------------------------------------------------
+    def prepare_compile(self, module: nn.Module) -> None:
+        """torch.compile cannot keep the mask's torch.autograd.grad in its graph ("the differentiated Tensor ...
+        appears to not have been used in the graph"): the mask runs eagerly between two compiled parts. The
+        decorator is applied here, not on the class, because it imports torch's compiler stack (~2 s at every
+        CLI start). The native runner's mask, an explicit backward of plain ops, needs none of this."""
+        module.structure_mask = torch.compiler.disable(module.structure_mask)
+
     def run(
         self,
         module: nn.Module,

@@ -617,3 +617,25 @@ def test_pickle_naming_os_system_is_refused_without_running_it(tmp_path, fake_mo
     with pytest.raises(CheckpointError, match=rf"{os.system.__module__}\.system"):
         ADAPTER.convert_official(path, "tiny")
     assert not marker.exists()
+
+
+def test_torch_compile_runs_cusp_with_the_mask_between_compiled_parts():
+    """The mask's torch.autograd.grad cannot live inside a compiled graph; prepare_compile runs it eagerly.
+    aot_eager (AOTAutograd without Inductor) is where the graph breaks without the hook, and it is fast."""
+    adapter = get_adapter("cusp")
+    config = adapter.make_config("tiny")
+    torch.manual_seed(0)
+    module = adapter.build(config).eval().requires_grad_(False)
+    options = adapter.validate_options(config, 2, {})
+    x = torch.rand(2, 3, config.resolution, config.resolution, generator=torch.Generator().manual_seed(1))
+    targets = adapter.validate_ages(config, torch.tensor([30.0, 60.0]))
+
+    def run(x, targets):
+        return adapter.run(module, x, targets, torch.Generator().manual_seed(0), options)
+
+    torch._dynamo.reset()
+    adapter.prepare_compile(module)
+    with torch.no_grad():
+        compiled = torch.compile(run, backend="aot_eager")(x, targets)
+        eager = run(x, targets)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
