@@ -43,7 +43,8 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
 8. **Graph key.** Sigmas, seeds and ages are input tensors, so one graph per (noise mode, mask needed) serves
    every value; the DEX pass is skipped, as in the model, when no sample blurs inside the mask.
 
-Precision (docs/models/cusp.md 9): conv weights and activations in the engine dtype (``channels_last`` on CUDA); the
+Precision (docs/models/cusp.md 9): conv weights and activations in the engine dtype (``channels_last`` on every
+device: cuDNN's NHWC kernels; on the CPU oneDNN's, paper224 1150 -> 975 ms at batch 1, 2 threads); the
 MLPs, s, d, the skip blur, the mask reduction (fp32 gradient in, fp32 mask out; the op accumulates its statistics in
 float64) and the RGB accumulator in fp32.
 
@@ -183,7 +184,7 @@ class CUSPRunner(NativeRunner):
     """The CUSP generator and its DEX mask as folded tensors (the module docstring lists each rewrite).
 
     Keyword options (tests set them to run the CUDA choice on CPU):
-        channels_last: NHWC activations and conv weights (default: CUDA).
+        channels_last: NHWC activations and conv weights (default: on; off gives NCHW).
     """
 
     def __init__(
@@ -199,7 +200,7 @@ class CUSPRunner(NativeRunner):
         super().__init__(adapter, module, config, device, dtype)
         if not isinstance(module, CUSP):
             raise TypeError(f"CUSPRunner needs the CUSP model, got {type(module).__name__}")
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        self.channels_last = True if channels_last is None else channels_last  # oneDNN's NHWC convs on CPU too
         self._make_noise = module.make_noise  # the model's own per-seed noise order (docs/models/cusp.md 2.2)
         with torch.no_grad():
             self._build(module)
@@ -288,7 +289,11 @@ class CUSPRunner(NativeRunner):
             for _ in widths:
                 conv = getattr(dex, dex.conv_names[index])
                 weight = conv.weight[:, perm] if index == 0 else conv.weight  # [O, I, 3, 3]; swap folded in
-                group.append(Tensors(self._weight(weight), self._dev(conv.bias, self.dtype)))
+                # the backward's transposed conv as a plain conv (stride 1, padding 1): W^T with flipped taps,
+                # [I, O, 3, 3]. oneDNN runs conv_transpose2d through a slow path on the CPU (a third of CUSP's
+                # time at batch 1), and a copy per use also keeps OpenVINO from sharing one constant
+                backward = weight.transpose(0, 1).flip(2, 3)
+                group.append(Tensors(self._weight(weight), self._dev(conv.bias, self.dtype), self._weight(backward)))
                 index += 1
             self.dex_groups.append(group)
         self.dex_fcs = nn.ModuleList(
@@ -436,11 +441,13 @@ class CUSPRunner(NativeRunner):
         return (s / m).to(self.dtype)[:, :, None, None], (d * m * conv.inv_scale)[:, :, None, None]
 
     def _epilogue(self, y: Tensor, d: Tensor, conv: _ModConv, mode: str, noise: Tensor | None) -> Tensor:
-        """y * d + noise * strength, lrelu * sqrt 2, clamp; in place on y [B, O, R, R] (fp32 maths)."""
+        """y * d + noise * strength, lrelu * sqrt 2, clamp on y [B, O, R, R] (fp32 maths)."""
         if mode == "none":
             y.mul_(d)
         else:
-            torch.addcmul(conv.noise_const if mode == "const" else noise, y, d, out=y)  # [B, O, R, R]
+            # out of place (torch.compile / export refuse out= into a channels_last, non-contiguous, tensor);
+            # fp32 maths rounded once to y's dtype, as out=y did
+            y = torch.addcmul(conv.noise_const if mode == "const" else noise, y, d).to(y.dtype)  # [B, O, R, R]
         y = F.leaky_relu_(y, LRELU_SLOPE).mul_(LRELU_GAIN)
         return y if conv.clamp is None else y.clamp_(-conv.clamp, conv.clamp)
 
@@ -499,7 +506,7 @@ class CUSPRunner(NativeRunner):
         pools: list[Tensor] = []  # argmax indices per pool
         for group in self.dex_groups:
             acts.append([])
-            for weight, bias in group:
+            for weight, bias, _ in group:
                 h = F.conv2d(h, weight, bias, padding=1).relu_()  # [B, C, r, r]
                 acts[-1].append(h)
             h, index = F.max_pool2d(h, 2, return_indices=True)  # [B, C, r/2, r/2]
@@ -520,8 +527,8 @@ class CUSPRunner(NativeRunner):
         g = self._rescale(g.reshape(pooled_shape))  # [B, C, r, r]
         for group, group_acts, index in zip(reversed(self.dex_groups), reversed(acts), reversed(pools), strict=True):
             g = self._unpool(g, index, group_acts[-1])  # [B, C, 2r, 2r]
-            for (weight, _), act in zip(reversed(group), reversed(group_acts), strict=True):
-                g = F.conv_transpose2d(self.dex_relu_backward(g, act), weight, padding=1)  # [B, I, r, r]
+            for (_, _, backward), act in zip(reversed(group), reversed(group_acts), strict=True):
+                g = F.conv2d(self.dex_relu_backward(g, act), backward, padding=1)  # [B, I, r, r]: dL/d(input)
             g = self._rescale(g)
         g = g.float() * 127.5  # [B, 3, r, r]
         if self.resize is not None:
