@@ -6,8 +6,8 @@ CUSP's explicit guided backward through DEX uses each layer's own weights twice:
 repacks the weights for one layer and the other reads them in that layout: it computed ``g @ W.T`` instead of
 ``g @ W`` (and the transposed convolution likewise), and CUSP's output was off by up to 0.06. A separate copy of
 the constant for each kind of reader gives the right products (checked on a two-node graph in the tests). The
-copies cost the shared weights' size once more in OpenVINO's memory (for the paper DEX VGG-16 ~550 MB);
-nothing else changes.
+copies cost the shared weights' size once more in OpenVINO's memory (the paper DEX's fc6 and fc7, ~480 MB; its
+convs share nothing, since CUSP's runner keeps its own weights for the backward convs); nothing else changes.
 """
 
 from __future__ import annotations
