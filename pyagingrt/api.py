@@ -35,7 +35,7 @@ from .errors import (
 )
 from .images import ImageInput, as_image_batch
 from .models.base import AgeGroup, ModelAdapter
-from .models.costs import model_cost
+from .models.costs import ModelCost, model_cost
 from .models.registry import get_adapter, model_names
 
 __all__ = ["PRECISIONS", "Engine", "RandomWeightsWarning", "load"]
@@ -458,11 +458,12 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """What ``agingrt info`` prints: model, config, parameters, GFLOP per image, input size, groups, options."""
-        return config_info(self.adapter, self.config, self.config_name, self.num_parameters())
+        cost = ModelCost(self.num_parameters(), self.flops_per_image())
+        return config_info(self.adapter, self.config, self.config_name, cost)
 
 
-def config_info(adapter: ModelAdapter, config: Any, config_name: str | None, parameters: int) -> dict[str, Any]:
-    """Engine.info() of a model config, without building it (``agingrt info`` gives the tabulated parameters)."""
+def config_info(adapter: ModelAdapter, config: Any, config_name: str | None, cost: ModelCost) -> dict[str, Any]:
+    """Engine.info() of a model config and its cost, without building it (``agingrt info`` passes model_cost)."""
     groups = [
         f"{g.index}: {g.label} ({g.low:g}-{'' if math.isinf(g.high) else f'{g.high:g}'})"
         for g in adapter.age_groups(config)
@@ -470,8 +471,8 @@ def config_info(adapter: ModelAdapter, config: Any, config_name: str | None, par
     return {
         "model": f"{adapter.name} — {adapter.title}",
         "config": config_name or "custom",
-        "parameters": parameters,
-        "gflop_per_image": model_cost(adapter, config).flops_per_image / 1e9,
+        "parameters": cost.parameters,
+        "gflop_per_image": cost.flops_per_image / 1e9,
         "input_size": adapter.input_size(config),
         "age_groups": groups,
         "options": {o.name: (o.default, o.help) for o in adapter.options},

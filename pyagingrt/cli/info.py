@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from pyagingrt.models.costs import model_cost
 
     adapter, cfg, name = _model_config(args.model, args.config)
-    info = config_info(adapter, cfg, name, model_cost(adapter, cfg).parameters)
+    info = config_info(adapter, cfg, name, model_cost(adapter, cfg))  # one count at most, for a custom config
     print(f"model       {info['model']}")
     print(f"config      {info['config']}")
     print(f"parameters  {info['parameters']:,}")
