@@ -40,7 +40,8 @@ struct MaskedGaussianBlurParams {
     DType mask_dtype;
 };
 
-// CPU reference (always built): two separable passes per (b, c) plane, then the blend.
+// CPU kernel (always built): two separable passes per (b, c) plane, then the blend; one thread (the torch
+// adapter splits a batch into per-plane ranges over its intra-op pool).
 Status masked_gaussian_blur_cpu(const MaskedGaussianBlurParams& p);
 
 // Largest K the CUDA kernel takes (its shared-memory tile holds a (K - 1) halo).

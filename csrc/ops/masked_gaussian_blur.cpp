@@ -12,8 +12,11 @@
 // (a device-to-host copy when they live on the GPU) and copy the tables to the device: not capturable.
 // No autograd: CUSP training differentiates through the oracle (training/layers/masked_gaussian_blur.py).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 #include <tuple>
@@ -32,6 +35,7 @@ namespace {
 constexpr const char* kOp = "masked_gaussian_blur";
 constexpr const char* kTablesOp = "masked_gaussian_blur_tables";
 constexpr const char* kTapsOp = "masked_gaussian_blur_with_taps";
+constexpr int64_t kBlurParallelWork = 1 << 18;  // pixel-taps per CPU task: enough that a task outweighs its dispatch
 
 bool is_float_type(at::ScalarType t) {
     return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -217,7 +221,35 @@ at::Tensor with_taps_cpu_impl(const at::Tensor& features, const at::Tensor& mask
     const at::Tensor t = taps.contiguous();
     const at::Tensor fl = flags.contiguous();
     at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
-    check_status(masked_gaussian_blur_cpu(make_params(f, m, t, fl, out)), kTapsOp, "CPU");
+    const MaskedGaussianBlurParams p = make_params(f, m, t, fl, out);
+    // The (b, c) planes are independent: ranges of them over torch's intra-op pool, each range cut at sample
+    // boundaries into one kernel call per sample (the kernel takes the sample's mask, taps and flags).
+    const int64_t plane = p.height * p.width;
+    const int64_t plane_work = std::max<int64_t>(plane * p.kernel_size, 1);
+    const int64_t grain = std::max<int64_t>(1, kBlurParallelWork / plane_work);
+    const int64_t item = f.element_size();
+    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
+    at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end;) {
+            const int64_t b = i / p.channels;
+            const int64_t c0 = i % p.channels;
+            const int64_t count = std::min(end - i, p.channels - c0);
+            MaskedGaussianBlurParams chunk = p;
+            chunk.features = static_cast<const char*>(p.features) + i * plane * item;
+            chunk.out = static_cast<char*>(p.out) + i * plane * item;
+            chunk.mask = static_cast<const char*>(p.mask) + b * plane * m.element_size();
+            chunk.taps = static_cast<const char*>(p.taps) + b * 2 * p.kernel_size * t.element_size();
+            chunk.flags = p.flags + b;
+            chunk.batch = 1;
+            chunk.channels = count;
+            const Status s = masked_gaussian_blur_cpu(chunk);
+            if (s != Status::kOk) {
+                status.store(static_cast<int32_t>(s));
+            }
+            i += count;
+        }
+    });
+    check_status(static_cast<Status>(status.load()), kTapsOp, "CPU");
     return out;
 }
 

@@ -97,6 +97,23 @@ class TestMaskedGaussianBlur:
         got = masked_gaussian_blur(ft, mt, sm, sg, k, impl="native")
         assert torch.equal(got, masked_gaussian_blur(ft.contiguous(), mt.contiguous(), sm, sg, k, impl="native"))
 
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_cpu_plane_ranges_match_per_sample_calls(self, threads):
+        # Planes large enough that the CPU adapter splits the 4 x 5 planes into ranges (a few planes each) that
+        # cross sample boundaries; every range must use its own sample's mask, taps and flags: the batch equals
+        # the samples run one by one, bit for bit, and the float64 oracle.
+        f, m, sm, sg, k = make_inputs((4, 5, 64, 48, 9), torch.float32, "cpu")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = masked_gaussian_blur(f, m, sm, sg, k, impl="native")
+            alone = [masked_gaussian_blur(f[i : i + 1], m[i : i + 1], sm[i : i + 1], sg[i : i + 1], k, impl="native")
+                     for i in range(4)]  # fmt: skip
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(got, torch.cat(alone))
+        torch.testing.assert_close(got.double(), reference(f, m, sm, sg, k), **TOL[torch.float32])
+
     @pytest.mark.parametrize("device", CPU_AND_CUDA)
     def test_sigma_zero_is_bitwise_identity_for_any_mask(self, device):
         for dtype in dtypes_for(device):
