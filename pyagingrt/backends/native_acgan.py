@@ -8,6 +8,8 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    precomputed once per group at build time (:func:`condition_responses`). R is a constant per channel
    plus a 3-pixel frame where zero padding cuts the 7x7 kernel; it is *not* folded into a bias, since the
    next InstanceNorm removes any per-channel constant and the frame is all the conditioning there is.
+   The table is held in the engine dtype and layout (one rounding of R in fp16/bf16), so the add is a plain
+   same-type pass.
    Default on CPU, where it cuts the stem's K from 392 to 147. On CUDA the 8-channel stem is kept: fp16
    NHWC tensor-core convolutions pad the input channels to a multiple of 8 anyway, so the split saves no
    MMA work there while its response add costs one more pass over the [B, d, S, S] stem output
@@ -21,7 +23,7 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    products in one pass. tanh / sigmoid and Eq. (1) then run in fp32 through the model's
    :func:`~pyagingrt.training.models.acgan.mask_blend` (A == 1 gives x and A == 0 gives C bitwise), against
    the fp32 input x, so kept pixels are the input's exactly in every precision.
-4. **Precision and layout**: conv weights in the engine dtype (fp16/bf16 on CUDA, fp32 on CPU), IN affine
+4. **Precision and layout**: conv weights in the engine dtype (fp32, fp16 or bf16 on any device), IN affine
    parameters and statistics in fp32, ``channels_last`` on every device: cuDNN's NHWC tensor-core kernels on CUDA,
    and oneDNN's NHWC convolutions on the CPU, which took paper AcGAN from 420 to 365 ms at batch 1 and from
    3.55 to 2.90 s at batch 8 (2 threads, same run, docs/performance.md).
@@ -172,9 +174,11 @@ class AcGANRunner(NativeRunner):
         stem_weight = stem_conv.weight  # [d, 3 + c_dim, 7, 7]
         self.register_buffer("stem_weight", self._weight(stem_weight[:, :3] if self.split_stem else stem_weight))
         self.stem_norm = self._norm(stem_norm)
-        # Split stem: per-group response table [c_dim, d, S, S], kept fp32 and added in fp32 math.
+        # Split stem: per-group response table [c_dim, d, S, S] in the engine dtype and layout (stored NHWC as
+        # [c_dim, S, S, d] under channels_last): an add across dtypes or layouts takes TensorIterator's strided
+        # casting loop, 12 ms for paper AcGAN's [1, 64, 224, 224] bf16 += fp32 on 2 CPU threads against 0.5 ms.
         # 8-channel stem: one-hot rows gathered from an identity matrix (no data-dependent one_hot in forward).
-        self.register_buffer("responses", condition_responses(generator).to(self.device) if self.split_stem else None)
+        self.register_buffer("responses", self._response_table(generator) if self.split_stem else None)
         self.register_buffer("eye", torch.eye(self.config.c_dim, device=self.device))  # [c_dim, c_dim]
         self.encoder = nn.ModuleList(self._conv_norm(c, n) for c, n in pairs[1:] if isinstance(c, nn.Conv2d))
         self.decoder = nn.ModuleList(self._conv_norm(c, n) for c, n in pairs[1:] if isinstance(c, nn.ConvTranspose2d))
@@ -186,6 +190,12 @@ class AcGANRunner(NativeRunner):
             if isinstance(block, ResidualBlock)
         )  # (first, second) pairs
         self.register_buffer("head_weight", self._weight(merged_head_weight(generator)))  # [4, d, 7, 7]
+
+    def _response_table(self, generator: Generator) -> Tensor:
+        """:func:`condition_responses` rounded to the engine dtype: [c_dim, S, S, d] (channels_last) or
+        [c_dim, d, S, S]; :meth:`_stem` gathers one row per image and views it as [B, d, S, S]."""
+        table = condition_responses(generator).to(self.device, self.dtype)  # [c_dim, d, S, S]
+        return table.permute(0, 2, 3, 1).contiguous() if self.channels_last else table.contiguous()
 
     def _norm(self, module: nn.Module) -> _NormParams:
         params = _norm_params(module)
@@ -244,7 +254,8 @@ class AcGANRunner(NativeRunner):
         """The stem conv without its norm: Tensor[B, d, S, S] in the engine dtype."""
         if self.split_stem:
             h = F.conv2d(self._layout(x), self.stem_weight, padding=3)  # [B, d, S, S]
-            return h.add_(self.responses.index_select(0, groups))  # [B, d, S, S]; fp32 add, stored in h's dtype
+            rows = self.responses.index_select(0, groups)  # [B, S, S, d] or [B, d, S, S]
+            return h.add_(rows.permute(0, 3, 1, 2) if self.channels_last else rows)  # [B, d, S, S], same layout
         condition = self.eye.index_select(0, groups)  # [B, c_dim] one-hot
         stem_in = self._layout(tile_condition(x, condition))  # [B, 3 + c_dim, S, S]
         return F.conv2d(stem_in, self.stem_weight, padding=3)  # [B, d, S, S]
