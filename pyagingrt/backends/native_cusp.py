@@ -537,10 +537,12 @@ class CUSPRunner(NativeRunner):
 
     @staticmethod
     def _unpool(g: Tensor, index: Tensor, like: Tensor) -> Tensor:
-        """Max-pool backward: g [B, C, r, r] scattered to the argmax of each window -> like's shape."""
-        full = torch.zeros(like.shape[0], like.shape[1], like.shape[2] * like.shape[3], dtype=g.dtype, device=g.device)
-        full.scatter_(2, index.flatten(2), g.flatten(2))  # [B, C, 2r * 2r]; windows do not overlap
-        return full.view(like.shape)
+        """Max-pool (2x2, stride 2) backward: g [B, C, r, r] routed to the argmax of each window -> like's shape
+        and layout. ATen's own backward keeps channels_last, so the guided ReLU backward and the conv after it read
+        both operands in one layout (a scatter into a plain [B, C, 4 r r] buffer made the ReLU backward copy each
+        activation to NCHW: about 25 ms of paper CUSP's 1 s on 2 CPU threads at batch 1); it is also faster than
+        a scatter into a channels_last view (41 vs 74 ms for [8, 64, 224, 224]). ONNX export decomposes it."""
+        return torch.ops.aten.max_pool2d_with_indices_backward(g, like, [2, 2], [2, 2], [0, 0], [1, 1], False, index)
 
 
 __all__ = ["CUSPRunner", "age_tables", "demodulation", "resize_matrix", "stacked_style_affine"]
