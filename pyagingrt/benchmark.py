@@ -4,8 +4,9 @@ Protocol (docs/performance.md section 7.5): random weights, rotating random inpu
 first, then the median of CUDA-event timings (wall clock on CPU) over ``iters`` calls; FLOPs from
 FlopCounterMode on one image; achieved TFLOP/s and % of the GPU's dense fp16 peak; build (or compile) time
 reported apart. Every variant of one model and batch is timed in the same process on the same inputs, so
-the speed-ups printed are ratios measured side by side. With ``profile=`` a short torch.profiler pass runs after
-each variant's timed calls (pyagingrt/profiling.py), so it never changes the figures.
+the speed-ups printed are ratios measured side by side; with ``rounds=True`` (``agingrt bench --rounds``) the
+variants are built first and timed in interleaved rounds, one call each per round. With ``profile=`` a short
+torch.profiler pass runs after each variant's timed calls (pyagingrt/profiling.py), so it never changes the figures.
 """
 
 from __future__ import annotations
@@ -117,19 +118,33 @@ def _make_runner(
     return run, options
 
 
-def bench_one(
-    model: str,
-    config: str | None,
-    variant: str,
-    precision: str,
-    batch: int,
-    device: torch.device,
-    *,
-    warmup: int,
-    iters: int,
-    inputs: int = 3,
-    profile: ProfileOptions | None = None,
-) -> BenchResult:
+@dataclass
+class _Built:
+    """One variant built and called once (graph capture / compilation done), ready to be timed."""
+
+    result: BenchResult
+    engine: Engine
+    compiled: bool
+    run: Callable[[Tensor, Tensor], Tensor]
+    pixels: list[Tensor]
+    targets: Tensor
+
+    def call(self, i: int) -> Tensor:
+        return self.run(self.pixels[i % len(self.pixels)], self.targets)
+
+
+_FAILURES = (AgingError, RuntimeError, NotImplementedError)  # one variant failing must not stop the run
+
+
+def _failed(result: BenchResult, exc: BaseException) -> BenchResult:
+    result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return result
+
+
+def _build(
+    model: str, config: str | None, variant: str, precision: str, batch: int, device: torch.device, inputs: int = 3
+) -> _Built | BenchResult:
+    """Load the variant's engine, make its inputs and run the first call; a BenchResult with ``error`` on failure."""
     backend, compiled = variants()[variant]
     result = BenchResult(model, config or "default", variant, precision, batch, str(device))
     try:
@@ -151,29 +166,100 @@ def bench_one(
         )
         targets = engine.adapter.validate_ages(engine.config, ages)  # on the host, as Engine.age passes them
         run, _ = _make_runner(engine, compiled, batch)
-        run(pixels[0], targets)  # first call: graph capture / compilation
+        built = _Built(result, engine, compiled, run, pixels, targets)
+        built.call(0)  # first call: graph capture / compilation
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result.build_s = time.perf_counter() - t0
-        timer = _timer(device)
-        for i in range(warmup):
-            run(pixels[i % inputs], targets)
-        samples = [timer(lambda i=i: run(pixels[i % inputs], targets)) for i in range(iters)]
-    except (AgingError, RuntimeError, NotImplementedError) as exc:  # one variant failing must not stop the run
-        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        return result
+    except _FAILURES as exc:
+        return _failed(result, exc)
+    return built
+
+
+def _finish(built: _Built, samples: list[float], device: torch.device, profile: ProfileOptions | None) -> BenchResult:
+    result = built.result
     result.samples_ms = samples
     result.ms_per_batch = statistics.median(samples)
-    result.images_per_s = batch / (result.ms_per_batch / 1e3)
-    result.tflops = result.gflop_per_image * batch / result.ms_per_batch  # GFLOP per ms == TFLOP/s
+    result.images_per_s = result.batch / (result.ms_per_batch / 1e3)
+    result.tflops = result.gflop_per_image * result.batch / result.ms_per_batch  # GFLOP per ms == TFLOP/s
     peak = gpu_peak_tflops(device)
     result.pct_of_peak = None if peak is None else 100.0 * result.tflops / peak
     if profile is not None:  # after the timed calls, so the figures above are the same with or without it
         try:
-            result.profile = _profile_variant(result, engine, compiled, run, pixels, targets, profile)
+            result.profile = _profile_variant(
+                result, built.engine, built.compiled, built.run, built.pixels, built.targets, profile
+            )
         except RuntimeError as exc:  # a failing profiler must not lose the timings
             result.profile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return result
+
+
+def bench_one(
+    model: str,
+    config: str | None,
+    variant: str,
+    precision: str,
+    batch: int,
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    inputs: int = 3,
+    profile: ProfileOptions | None = None,
+) -> BenchResult:
+    """Build one variant, warm it up and time ``iters`` calls in a row."""
+    built = _build(model, config, variant, precision, batch, device, inputs)
+    if isinstance(built, BenchResult):
+        return built
+    timer = _timer(device)
+    try:
+        for i in range(warmup):
+            built.call(i)
+        samples = [timer(lambda i=i: built.call(i)) for i in range(iters)]
+    except _FAILURES as exc:
+        return _failed(built.result, exc)
+    return _finish(built, samples, device, profile)
+
+
+def bench_rounds(
+    model: str,
+    config: str | None,
+    specs: Sequence[tuple[str, str]],
+    batch: int,
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    profile: ProfileOptions | None = None,
+) -> list[BenchResult]:
+    """Build every (variant, precision) of ``specs`` first, warm each up, then time ``iters`` rounds of one call
+    per variant in turn: drift of the machine (other load, clocks, memory state left by an earlier variant) then
+    falls on every variant alike instead of on whichever ran during it, so the ratios are fairer. Every engine
+    is held at once (memory of all variants together)."""
+    slots: list[_Built | BenchResult] = [_build(model, config, v, p, batch, device) for v, p in specs]
+    samples: dict[int, list[float]] = {k: [] for k, s in enumerate(slots) if isinstance(s, _Built)}
+    timer = _timer(device)
+    for k in list(samples):
+        built = slots[k]
+        assert isinstance(built, _Built)
+        try:
+            for i in range(warmup):
+                built.call(i)
+        except _FAILURES as exc:
+            slots[k] = _failed(built.result, exc)
+            del samples[k]
+    for i in range(iters):
+        for k in list(samples):
+            built = slots[k]
+            assert isinstance(built, _Built)
+            try:
+                samples[k].append(timer(lambda b=built, i=i: b.call(i)))
+            except _FAILURES as exc:
+                slots[k] = _failed(built.result, exc)
+                del samples[k]
+    return [
+        _finish(slot, samples[k], device, profile) if isinstance(slot, _Built) else slot for k, slot in enumerate(slots)
+    ]
 
 
 def _profile_stem(r: BenchResult, bypassed_graphs: bool) -> str:
@@ -225,7 +311,10 @@ def run_bench(
     iters: int = 10,
     progress: Callable[[BenchResult], None] | None = None,
     profile: ProfileOptions | None = None,
+    rounds: bool = False,
 ) -> list[BenchResult]:
+    """Time every (model, batch, variant, precision). ``rounds=True`` times the variants of each (model, batch)
+    in interleaved rounds (:func:`bench_rounds`), otherwise one variant after the other (:func:`bench_one`)."""
     known = variants()
     for v in variant_names:
         if split_variant(v)[0] not in known:
@@ -234,18 +323,24 @@ def run_bench(
         if profile.iters < 1:
             raise InputError(f"--profile-iters must be >= 1, got {profile.iters}")
         prepare_profile_dir(profile.out_dir)  # a bad folder fails before any timing
+    specs = []
+    for spec in variant_names:
+        variant, own_precision = split_variant(spec)
+        specs += [(variant, precision) for precision in ([own_precision] if own_precision else precisions)]
     results = []
     for model in models:
         for batch in batches:
-            for spec in variant_names:
-                variant, own_precision = split_variant(spec)
-                for precision in [own_precision] if own_precision else precisions:
-                    r = bench_one(
-                        model, config, variant, precision, batch, device, warmup=warmup, iters=iters, profile=profile
-                    )
-                    results.append(r)
-                    if progress is not None:
-                        progress(r)
+            if rounds:
+                group = bench_rounds(model, config, specs, batch, device, warmup=warmup, iters=iters, profile=profile)
+            else:
+                group = (
+                    bench_one(model, config, v, p, batch, device, warmup=warmup, iters=iters, profile=profile)
+                    for v, p in specs
+                )
+            for r in group:
+                results.append(r)
+                if progress is not None:
+                    progress(r)
     return results
 
 
@@ -256,7 +351,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    """One table per (model, batch): each variant, and the speed-up of native over each other variant."""
+    """One table per (model, batch): each variant, and the speed-up of the native engine of the same precision over
+    each other variant (none where no native engine of that precision was timed)."""
     lines = []
     keys = sorted({(r.model, r.config, r.batch) for r in results}, key=lambda k: (k[0], k[2]))
     for model, config, batch in keys:
@@ -266,16 +362,16 @@ def format_table(results: Sequence[BenchResult]) -> str:
         lines.append(
             f"  {'variant':<16}{'ms/batch':>11}{'img/s':>11}{'TFLOP/s':>10}{'% peak':>8}{'build s':>9}  native speed-up"
         )
-        natives = [r for r in rows if r.variant == "native" and r.ms_per_batch]
-        best_native = min(natives, key=lambda r: r.ms_per_batch) if natives else None
+        natives = {r.precision: r for r in rows if r.variant == "native" and r.ms_per_batch}
         for r in rows:
             name = f"{r.variant} {r.precision}"
             if r.error:
                 lines.append(f"  {name:<16}  not run: {r.error}")
                 continue
             speedup = ""
-            if best_native is not None and r is not best_native and r.variant != "native":
-                speedup = f"x{r.ms_per_batch / best_native.ms_per_batch:.2f}"
+            native = natives.get(r.precision)  # against the native engine of the same precision only
+            if native is not None and r.variant != "native":
+                speedup = f"x{r.ms_per_batch / native.ms_per_batch:.2f}"
             lines.append(
                 f"  {name:<16}{_fmt(r.ms_per_batch, '11.3f')}{_fmt(r.images_per_s, '11.1f')}"
                 f"{_fmt(r.tflops, '10.3g')}{_fmt(r.pct_of_peak, '8.1f')}{_fmt(r.build_s, '9.1f')}  {speedup}"

@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="time the models: torch eager vs torch.compile vs the other backends, same inputs, one run",
         description="Time each model side by side on the same rotating random inputs (random weights: speed "
         "does not depend on them): ms per batch, images/s, achieved TFLOP/s, % of the GPU's dense fp16 peak, "
-        "build/compile time, and the speed-up of native over each baseline. CUDA-event medians after warm-up on "
-        "a GPU, wall-clock medians on CPU. With --profile DIR, each variant is then profiled apart "
+        "build/compile time, and the speed-up of the native engine (same precision) over each baseline. "
+        "CUDA-event medians after warm-up on a GPU, wall-clock medians on CPU; --rounds interleaves the "
+        "variants. With --profile DIR, each variant is then profiled apart "
         "(torch.profiler, after its timed calls, so the figures do not change): DIR gets its top-25 op table "
         "(.txt) and a Chrome trace (.trace.json, open in chrome://tracing or ui.perfetto.dev), and the terminal "
         "shows where the time goes. On a GPU the native engine's kernels run inside CUDA graph launches: add "
@@ -47,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
     p.add_argument("--iters", type=int, default=10, help="timed calls; the median is reported (default: 10)")
+    p.add_argument(
+        "--rounds",
+        action="store_true",
+        help="build every variant of a model and batch first, then time them in interleaved rounds (one call "
+        "each per round) instead of one after the other: load on the machine or state left by an earlier "
+        "variant then hits all alike, so the ratios are fairer; holds all their engines in memory at once",
+    )
     p.add_argument("--quick", action="store_true", help="tiny configs, batch 1, 1 warm-up, 3 iterations: a smoke run")
     p.add_argument("--json", default=None, help="write every measurement and the environment to this JSON file")
     p.add_argument("--plot", default=None, help="write a bar chart of images/s to this PNG file")
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         iters=iters,
         progress=progress,
         profile=profile,
+        rounds=args.rounds,
     )
     print(format_table(results))
     if profile is not None:
