@@ -7,13 +7,11 @@
 // Graph-safe: no host reads of tensor values; the CUDA path allocates its scratch on the device. The CPU path
 // splits the (n, g) work items over torch's intra-op pool (at::parallel_for; torch.set_num_threads governs it).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -127,14 +125,8 @@ at::Tensor group_norm_act_cpu_impl(const at::Tensor& x, int64_t groups, const at
     // need a cross-thread merge of its statistics, and the CPU engines have B * G >= 32 (AcGAN G = C, PADA G = 32).
     const int64_t item_elements = std::max<int64_t>(1, (p.channels / p.groups) * p.pixels);
     const int64_t grain = std::max<int64_t>(1, kParallelGrain / item_elements);
-    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
-    at::parallel_for(0, group_norm_act_cpu_work_items(p), grain, [&](int64_t begin, int64_t end) {
-        const Status s = group_norm_act_cpu(p, begin, end);
-        if (s != Status::kOk) {
-            status.store(static_cast<int32_t>(s));
-        }
-    });
-    check_status(static_cast<Status>(status.load()), kOp, "CPU");
+    parallel_cpu_kernel(group_norm_act_cpu_work_items(p), grain, kOp,
+                        [&](int64_t begin, int64_t end) { return group_norm_act_cpu(p, begin, end); });
     return y;
 }
 

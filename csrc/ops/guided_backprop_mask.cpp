@@ -12,10 +12,8 @@
 // guided_backprop_mask builds its taps on the host and copies them to the device on every call: not capturable.
 // No autograd: the mask is detached (docs/models/cusp.md section 3.6) and the backward is run explicitly.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <cmath>
 #include <optional>
 
@@ -71,19 +69,14 @@ at::Tensor guided_relu_backward_impl(const at::Tensor& grad_out, const at::Tenso
 #endif
     // Elementwise: contiguous chunks over torch's intra-op pool (each element is written by one chunk only).
     const int64_t item_bytes = g.element_size();
-    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
-    at::parallel_for(0, p.n, kReluParallelGrain, [&](int64_t begin, int64_t end) {
+    parallel_cpu_kernel(p.n, kReluParallelGrain, kReluOp, [&](int64_t begin, int64_t end) {
         GuidedReluBackwardParams chunk = p;
         chunk.grad_out = static_cast<const char*>(p.grad_out) + begin * item_bytes;
         chunk.act = static_cast<const char*>(p.act) + begin * item_bytes;
         chunk.grad_in = static_cast<char*>(p.grad_in) + begin * item_bytes;
         chunk.n = end - begin;
-        const Status s = guided_relu_backward_cpu(chunk);
-        if (s != Status::kOk) {
-            status.store(static_cast<int32_t>(s));
-        }
+        return guided_relu_backward_cpu(chunk);
     });
-    check_status(static_cast<Status>(status.load()), kReluOp, "CPU");
     return out;
 }
 

@@ -12,11 +12,9 @@
 // (a device-to-host copy when they live on the GPU) and copy the tables to the device: not capturable.
 // No autograd: CUSP training differentiates through the oracle (training/layers/masked_gaussian_blur.py).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <string>
 #include <tuple>
@@ -228,8 +226,7 @@ at::Tensor with_taps_cpu_impl(const at::Tensor& features, const at::Tensor& mask
     const int64_t plane_work = std::max<int64_t>(plane * p.kernel_size, 1);
     const int64_t grain = std::max<int64_t>(1, kBlurParallelWork / plane_work);
     const int64_t item = f.element_size();
-    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
-    at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
+    parallel_cpu_kernel(p.batch * p.channels, grain, kTapsOp, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end;) {
             const int64_t b = i / p.channels;
             const int64_t c0 = i % p.channels;
@@ -244,12 +241,12 @@ at::Tensor with_taps_cpu_impl(const at::Tensor& features, const at::Tensor& mask
             chunk.channels = count;
             const Status s = masked_gaussian_blur_cpu(chunk);
             if (s != Status::kOk) {
-                status.store(static_cast<int32_t>(s));
+                return s;
             }
             i += count;
         }
+        return Status::kOk;
     });
-    check_status(static_cast<Status>(status.load()), kTapsOp, "CPU");
     return out;
 }
 

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <string>
 
 #include "common/dtype.h"
@@ -48,6 +50,20 @@ inline void check_status(Status s, const char* op, const char* where) {
     }
 #endif
     TORCH_CHECK(s == Status::kOk, op, ": ", where, " kernel failed: ", status_name(s));
+}
+
+// Runs chunk(begin, end) -> Status over ranges of [0, n) on torch's intra-op pool (at::parallel_for: at least
+// grain items per task, torch.set_num_threads governs it) and raises, naming the op, if any range failed.
+template <typename Chunk>
+void parallel_cpu_kernel(int64_t n, int64_t grain, const char* op, const Chunk& chunk) {
+    std::atomic<int32_t> status{static_cast<int32_t>(Status::kOk)};
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+        const Status s = chunk(begin, end);
+        if (s != Status::kOk) {
+            status.store(static_cast<int32_t>(s));
+        }
+    });
+    check_status(static_cast<Status>(status.load()), op, "CPU");
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name,
