@@ -136,8 +136,12 @@ class _Built:
 _FAILURES = (AgingError, RuntimeError, NotImplementedError)  # one variant failing must not stop the run
 
 
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
 def _failed(result: BenchResult, exc: BaseException) -> BenchResult:
-    result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    result.error = _error_text(exc)
     return result
 
 
@@ -190,7 +194,7 @@ def _finish(built: _Built, samples: list[float], device: torch.device, profile: 
                 result, built.engine, built.compiled, built.run, built.pixels, built.targets, profile
             )
         except RuntimeError as exc:  # a failing profiler must not lose the timings
-            result.profile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            result.profile_error = _error_text(exc)
     return result
 
 
@@ -207,18 +211,12 @@ def bench_one(
     inputs: int = 3,
     profile: ProfileOptions | None = None,
 ) -> BenchResult:
-    """Build one variant, warm it up and time ``iters`` calls in a row."""
-    built = _build(model, config, variant, precision, batch, device, inputs)
-    if isinstance(built, BenchResult):
-        return built
-    timer = _timer(device)
-    try:
-        for i in range(warmup):
-            built.call(i)
-        samples = [timer(lambda i=i: built.call(i)) for i in range(iters)]
-    except _FAILURES as exc:
-        return _failed(built.result, exc)
-    return _finish(built, samples, device, profile)
+    """Build one variant, warm it up and time ``iters`` calls in a row (rounds of one variant)."""
+    specs = [(variant, precision)]
+    (result,) = bench_rounds(
+        model, config, specs, batch, device, warmup=warmup, iters=iters, inputs=inputs, profile=profile
+    )
+    return result
 
 
 def bench_rounds(
@@ -230,13 +228,14 @@ def bench_rounds(
     *,
     warmup: int,
     iters: int,
+    inputs: int = 3,
     profile: ProfileOptions | None = None,
 ) -> list[BenchResult]:
     """Build every (variant, precision) of ``specs`` first, warm each up, then time ``iters`` rounds of one call
     per variant in turn: drift of the machine (other load, clocks, memory state left by an earlier variant) then
     falls on every variant alike instead of on whichever ran during it, so the ratios are fairer. Every engine
     is held at once (memory of all variants together)."""
-    slots: list[_Built | BenchResult] = [_build(model, config, v, p, batch, device) for v, p in specs]
+    slots: list[_Built | BenchResult] = [_build(model, config, v, p, batch, device, inputs) for v, p in specs]
     samples: dict[int, list[float]] = {k: [] for k, s in enumerate(slots) if isinstance(s, _Built)}
     timer = _timer(device)
     for k in list(samples):
