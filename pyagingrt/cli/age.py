@@ -60,9 +60,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         choices=backend_names(auto=True),
         help=f"{backend_help()} (default: torch)",
     )
-    g.add_argument("--dex", help="CUSP: DEX VGG-16 weights, when the snapshot carries none (default: none)")
-    g.add_argument("--clip", help="PADA: CLIP directory in Hugging Face layout (default: none = random CLIP)")
-    g.add_argument("--latent", help="PADA: DiffAE latent.pkl when converting a .ckpt (default: beside it)")
+    add_model_file_arguments(g)
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw; same seed, same result (default: 0)")
     g.add_argument(
         "--face",
@@ -78,6 +76,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--samples", type=int, help="PADA: number of different results per face (default: 1)")
 
 
+MODEL_FILES = ("dex", "clip", "latent")
+
+
+def add_model_file_arguments(g: argparse._ActionsContainer) -> None:
+    """The extra files some models load beside their checkpoint; :func:`model_files` reads them back."""
+    g.add_argument("--dex", help="CUSP: DEX VGG-16 weights, when the snapshot carries none (default: none)")
+    g.add_argument("--clip", help="PADA: CLIP directory in Hugging Face layout (default: none = random CLIP)")
+    g.add_argument("--latent", help="PADA: DiffAE latent.pkl when converting a .ckpt (default: beside it)")
+
+
+def model_files(args: argparse.Namespace) -> dict[str, str]:
+    """The load options of :func:`add_model_file_arguments` that were given."""
+    return {k: getattr(args, k) for k in MODEL_FILES if getattr(args, k, None) is not None}
+
+
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS (--random-weights): the output is MEANINGLESS noise, not an aged face; "
     "it only shows that the command runs. Pass --checkpoint for real results."
@@ -88,7 +101,7 @@ def load_engine(args: argparse.Namespace) -> Any:
     """``pyagingrt.load`` from the model flags; warnings (random CLIP, missing DEX) are printed on one line."""
     import pyagingrt
 
-    extra = {k: getattr(args, k) for k in ("dex", "clip", "latent") if getattr(args, k, None) is not None}
+    extra = model_files(args)
     common = {"device": args.device, "precision": args.precision, "config": args.config, "backend": args.backend}
     if args.random_weights:
         if args.model is None:

@@ -7,11 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-
-def _ages(text: str) -> list[float]:
-    from .age import parse_ages
-
-    return parse_ages(text)
+from .age import add_model_file_arguments, model_files, parse_ages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="ageflow, acgan, cusp or pada (default: read from a pyagingrt checkpoint)")
     p.add_argument("--config", help="model config, e.g. paper or tiny (default: the checkpoint's, else paper)")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (to try the command)")
-    p.add_argument("--ages", type=_ages, help="target ages, e.g. 20,40,60 (default: one per age group, at most 8)")
+    p.add_argument("--ages", type=parse_ages, help="target ages, e.g. 20,40,60 (default: one per age group, at most 8)")
     p.add_argument("--out", type=Path, default=Path("eval"), help="folder for eval.json and eval.png (default: eval)")
     p.add_argument("--limit", type=int, help="judge at most this many photos (default: all)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="torch", choices=("torch", "native"), help="(default: torch)")
+    add_model_file_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the model's random draws (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -47,7 +44,7 @@ def _load(args: argparse.Namespace):
 
     from ..errors import InputError
 
-    common = {"device": args.device, "backend": args.backend, "config": args.config}
+    common = {"device": args.device, "backend": args.backend, "config": args.config, **model_files(args)}
     if args.random_weights:
         if args.checkpoint is not None:
             raise InputError("give a CHECKPOINT or --random-weights, not both")

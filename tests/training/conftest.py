@@ -63,3 +63,26 @@ def trained_dex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dex") / "dex_synthetic.safetensors"
     save_file({k: v.detach().contiguous() for k, v in dex.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A folder with one photo of a face (scikit-image's astronaut), for the CLI's age and eval commands."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    return folder
+
+
+@pytest.fixture
+def eval_judges() -> None:
+    """Skips a test of `agingrt eval` when the [eval] extra (its judge networks) is not installed."""
+    from pyagingrt.judges import get_judge
+
+    try:
+        get_judge(identity=True)
+    except ImportError as exc:  # MissingJudgeError
+        pytest.skip(str(exc))

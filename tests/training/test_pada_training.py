@@ -1,13 +1,15 @@
 """PADA trains in two stages on the synthetic faces: DiffAE (semantic encoder + UNet, with the z_sem statistics
 in its checkpoint), then the age encoder and modulation on the frozen DiffAE, CLIP (a tiny random one saved as a
 Hugging Face directory) and judges (small random DEX and ArcFace files). Judges not given are refused; the
-trained checkpoint ages through pyagingrt.load (text, reference, several samples) and the CLI."""
+trained checkpoint ages through pyagingrt.load (text, reference, several samples), the CLI and `agingrt eval`."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from safetensors.torch import save_file
 
 import pyagingrt
 from pyagingrt.checkpoint import load_checkpoint
+from pyagingrt.cli.main import main
 from pyagingrt.training.data.synthetic import SyntheticFaces
 from pyagingrt.training.errors import TrainingError
 from pyagingrt.training.layers.arcface import ArcFace, ArcFaceConfig
@@ -127,17 +130,24 @@ def test_checkpoint_ages_through_pyagingrt_load(runs, judges, faces, backend):
     assert float((several[:, 0] - several[:, 1]).abs().mean()) > 1e-3  # pluralistic: the samples differ
 
 
-def test_checkpoint_ages_a_photo_through_the_cli(runs, judges, tmp_path):
-    skimage_data = pytest.importorskip("skimage.data")
-    from PIL import Image
-
-    photo = tmp_path / "astronaut.png"
-    Image.fromarray(skimage_data.astronaut()).save(photo)
+def test_checkpoint_ages_a_photo_through_the_cli(runs, judges, photo_dir, tmp_path):
     out = tmp_path / "aged.png"
-    args = ["age", str(photo), "--checkpoint", str(runs["aging"].weights), "--clip", str(judges["clip"]),
-            "--age", "60", "-o", str(out)]  # fmt: skip
+    args = ["age", str(photo_dir / "astronaut.png"), "--checkpoint", str(runs["aging"].weights), "--clip",
+            str(judges["clip"]), "--age", "60", "-o", str(out)]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "pyagingrt", *args], capture_output=True, text=True, timeout=180, check=False
     )
     assert result.returncode == 0, result.stderr
     assert out.is_file()
+
+
+def test_checkpoint_is_judged_by_agingrt_eval_with_its_clip(runs, judges, photo_dir, tmp_path, eval_judges):
+    out = tmp_path / "eval"
+    args = ["eval", str(runs["aging"].weights), "--clip", str(judges["clip"]), "--data", str(photo_dir)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pyagingrt.RandomWeightsWarning)  # a random CLIP would be one
+        assert main([*args, "--ages", "20,60", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["model"] == "pada"
+    assert report["inputs"] == 1
+    assert [t["target_age"] for t in report["targets"]] == [20.0, 60.0]

@@ -23,14 +23,7 @@ def test_split_holds_out_the_last_items_and_refuses_bad_counts():
             split_validation(faces, count)
 
 
-def test_eval_every_writes_a_judged_report_per_evaluation(tmp_path):
-    pytest.importorskip("pyagingrt.judges")
-    from pyagingrt.judges import get_judge
-
-    try:
-        get_judge(identity=True)
-    except ImportError as exc:  # MissingJudgeError: the [eval] extra is not installed
-        pytest.skip(str(exc))
+def test_eval_every_writes_a_judged_report_per_evaluation(tmp_path, eval_judges):
     sets = [*FAST, "loop.eval_every=1", "loop.eval_count=3"]
     result = train("acgan", "synthetic:16", out=tmp_path / "run", overrides=sets, device="cpu")
     reports = sorted((result.run_dir / "eval").glob("step-*.json"))
