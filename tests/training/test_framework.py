@@ -57,6 +57,20 @@ def test_synthetic_probe_reads_back_the_age():
     assert float(band_darkness(again[None])) == pytest.approx(BAND_DEPTH, abs=0.03)
 
 
+def test_synthetic_faces_of_one_identity_differ_only_in_the_band():
+    faces = SyntheticFaces(8, image_size=32, min_age=10, max_age=60, seed=3, identities=1)
+    a, b = faces.render(1, 10.0), faces.render(6, 60.0)
+    assert torch.equal(a, faces.render(6, 10.0))  # same face at the same age
+    changed = (a != b).any(dim=0)  # [S, S]
+    rows = changed.nonzero()[:, 0] / 32
+    assert changed.any()
+    assert float(rows.min()) >= 0.15  # the forehead band only
+    assert float(rows.max()) < 0.4
+    assert not torch.equal(SyntheticFaces(8, image_size=32, seed=3).render(1, 10.0), a)  # one face per item
+    with pytest.raises(ValueError, match="identities"):
+        SyntheticFaces(8, identities=0)
+
+
 def test_step_sampler_resumes_mid_epoch_and_splits_ranks():
     straight = list(StepBatchSampler(20, 4, 0, 1, seed=1, start=0, stop=12))
     resumed = list(StepBatchSampler(20, 4, 0, 1, seed=1, start=7, stop=12))

@@ -1,10 +1,20 @@
-"""PADA learnability (slow: a DiffAE must first learn to autoencode, 1500 CPU steps; run with ``-m slow``).
+"""PADA learnability, in CI: every stage from nothing on 16x16 synthetic faces, about three minutes on 2 CPU cores.
 
-On 16x16 synthetic faces: a tiny DiffAE (stage diffae), a tiny CLIP tuned contrastively on the faces and their
-age prompts (a random CLIP's prompt embeddings are nearly parallel, so they carry no target), a tiny DEX that
-reads the forehead band's age, a random ArcFace. After the aging stage, the 51-70 prompt gives a darker band
-than the 16-25 prompt on held-out faces; with the conditioning scrambled against the losses' targets it does
-not."""
+A tiny CLIP tuned contrastively on the faces and their age prompts (a random CLIP's prompt embeddings are nearly
+parallel, so they carry no target), a tiny DEX that reads the forehead band's age, a random ArcFace, a small DiffAE
+(stage diffae) and the aging stage. After it, the 51-70 prompt gives a darker band than the 16-25 prompt on
+held-out faces of an identity never seen in training; with the conditioning scrambled against the losses'
+targets it does not. Three choices make the outcome stable (docs/training-ageflow-pada.md, "Tests"):
+
+- the training faces are one identity at many ages: the band is then the only variation, and the DiffAE's z_sem
+  carries it after 1000 steps. With one identity per face it did not after 3000 (decoding the mean z_sem of the
+  51-70 faces against that of the 16-25 faces: band gap 0.01, against 0.24 here), and no aging stage can move
+  what its decoder ignores;
+- ``train.weights.clip=0``: the tiny CLIP's image tower is no judge of the band, and its directional loss sent
+  the aging either way (gaps -0.007 to 0.031 over seven runs with it, 0.15 to 0.34 over six without);
+- ``train.norm_on=delta``: L_norm on z_age itself pulls every z_age toward zero, and the conditional part was not
+  learned in 300 steps (gaps 0.004 and 0.007 on two seeds, 0.15 to 0.34 with the delta).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +33,12 @@ from pyagingrt.training.models.pada import PADA, PROMPTS, age_group
 from tests.models.test_pada import write_tiny_clip
 
 SIDE, MIN_AGE, MAX_AGE = 16, 16, 70
-pytestmark = pytest.mark.slow
+# the tiny DiffAE made cheaper to train (each override roughly halves or thirds a step's cost)
+SMALL_DIFFAE = ["model.num_res_blocks=1", "model.attention_resolutions=[]", "model.dropout=0"]
+
+
+def _faces(count: int, seed: int) -> SyntheticFaces:
+    return SyntheticFaces(count, image_size=SIDE, min_age=MIN_AGE, max_age=MAX_AGE, seed=seed, identities=1)
 
 
 def _features(out):
@@ -51,11 +66,9 @@ def _tune_clip(folder, faces, images) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(request, tmp_path_factory):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("trains a DiffAE for minutes; run with -m slow")
+def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pada_learn")
-    faces = SyntheticFaces(512, image_size=SIDE, min_age=MIN_AGE, max_age=MAX_AGE, seed=7)
+    faces = _faces(512, seed=7)
     images = torch.stack([faces[i]["image"] for i in range(512)]) * 2 - 1
     with torch.random.fork_rng(devices=[]):
         (root / "clip").mkdir()
@@ -72,28 +85,28 @@ def setup(request, tmp_path_factory):
             loss.backward()
             opt.step()
         save_file({k: v.contiguous() for k, v in dex.state_dict().items()}, str(root / "dex.safetensors"))
-    common = ["loop.progress=false", f"model.image_size={SIDE}"]
-    diffae = train("pada", "synthetic:512", out=root / "diffae", stage="diffae", device="cpu",
-                   overrides=[*common, "loop.steps=1500"])  # fmt: skip
-    sets = [*common, "loop.steps=200", "train.lr=3e-3", f"files.diffae={diffae.weights}",
-            f"files.clip={root / 'clip'}", f"files.dex={root / 'dex.safetensors'}",
+    common = ["loop.progress=false", f"model.image_size={SIDE}", *SMALL_DIFFAE]
+    diffae = train("pada", faces, out=root / "diffae", stage="diffae", device="cpu",
+                   overrides=[*common, "loop.steps=1000", "loop.batch_size=8", "train.lr=2e-3"])  # fmt: skip
+    sets = [*common, "loop.steps=200", "train.lr=2e-3", "train.norm_on=delta", "train.weights.clip=0",
+            f"files.diffae={diffae.weights}", f"files.clip={root / 'clip'}", f"files.dex={root / 'dex.safetensors'}",
             f"files.arcface={root / 'arcface.pth'}"]  # fmt: skip
-    return {"root": root, "sets": sets}
+    return {"root": root, "sets": sets, "faces": faces}
 
 
 def _gap(recipe) -> torch.Tensor:
-    faces = SyntheticFaces(16, image_size=SIDE, min_age=MIN_AGE, max_age=MAX_AGE, seed=99)
+    faces = _faces(16, seed=99)  # another identity than the training faces'
     images = torch.stack([faces[i]["image"] for i in range(16)])
     out = recipe.sample(images, [20, 60], gender="male")  # the 16-25 and 51-70 prompts
     return band_darkness(out[:, 1]) - band_darkness(out[:, 0])  # [16]
 
 
 def test_text_conditioning_moves_the_band_toward_the_target_group(setup, monkeypatch):
-    aging = train("pada", "synthetic:512", out=setup["root"] / "aging", stage="aging", device="cpu",
+    aging = train("pada", setup["faces"], out=setup["root"] / "aging", stage="aging", device="cpu",
                   overrides=setup["sets"])  # fmt: skip
     gap = _gap(aging.recipe)
-    assert float(gap.mean()) > 0.025, gap
-    assert float((gap > 0).float().mean()) >= 0.75, gap
+    assert float(gap.mean()) > 0.07, gap  # half the smallest of 0.15-0.34 measured over seeds
+    assert float((gap > 0).float().mean()) >= 0.9, gap
 
     original = PADA.modulate
     scramble = torch.Generator().manual_seed(5)
@@ -104,7 +117,7 @@ def test_text_conditioning_moves_the_band_toward_the_target_group(setup, monkeyp
         return original(self, e_age, z_src, stats)
 
     monkeypatch.setattr(PADA, "modulate", scrambled)
-    broken = train("pada", "synthetic:512", out=setup["root"] / "broken", stage="aging", device="cpu",
+    broken = train("pada", setup["faces"], out=setup["root"] / "broken", stage="aging", device="cpu",
                    overrides=setup["sets"])  # fmt: skip
     monkeypatch.undo()
     assert abs(float(_gap(broken.recipe).mean())) < 0.5 * float(gap.mean())

@@ -6,6 +6,10 @@ grows linearly with age: at ``min_age`` the band has the skin's colour, at ``max
 ``1 - BAND_DEPTH`` of it. :func:`band_darkness` is the fixed probe that reads it back: one minus the band's
 mean brightness over the cheeks', ~0 for the youngest and ~BAND_DEPTH for the oldest, whatever the skin tone.
 
+With ``identities=K`` every item is drawn as one of K faces (index mod K), at its own age: with K = 1 the band
+is the only thing that varies, which a small autoencoder learns to carry in its latent code within a few
+hundred steps (the PADA learnability test's DiffAE; with one face per item it does not within thousands).
+
 Items are the data sets' dict ``{"image": float32 [3, S, S] in [0, 1], "age": float32, "gender": int64,
 "index": int64}``; everything is a deterministic function of (seed, index), so any worker order gives the
 same data and a resumed run sees the same items.
@@ -46,14 +50,24 @@ def darkness_of_age(age: Tensor | float, min_age: float, max_age: float) -> Tens
 
 
 class SyntheticFaces(Dataset):
-    """``count`` synthetic faces of side ``image_size`` with ages uniform in [min_age, max_age] (whole years)."""
+    """``count`` synthetic faces of side ``image_size`` with ages uniform in [min_age, max_age] (whole years);
+    ``identities``: how many distinct faces they show (None: one per item)."""
 
     def __init__(
-        self, count: int = 512, *, image_size: int = 48, min_age: float = 0, max_age: float = 80, seed: int = 0
+        self,
+        count: int = 512,
+        *,
+        image_size: int = 48,
+        min_age: float = 0,
+        max_age: float = 80,
+        seed: int = 0,
+        identities: int | None = None,
     ) -> None:
         if count < 1 or image_size < 16:
             raise ValueError(f"synthetic data needs count >= 1 and image_size >= 16, got {count}, {image_size}")
-        self.count, self.image_size, self.seed = count, image_size, seed
+        if identities is not None and identities < 1:
+            raise ValueError(f"synthetic data needs identities >= 1 (or None), got {identities}")
+        self.count, self.image_size, self.seed, self.identities = count, image_size, seed, identities
         self.min_age, self.max_age = float(min_age), float(max_age)
         gen = torch.Generator().manual_seed(seed)
         low, high = int(min_age), int(max_age)
@@ -77,7 +91,8 @@ class SyntheticFaces(Dataset):
     def render(self, index: int, age: float) -> Tensor:
         """The face of ``index`` drawn at ``age``: Tensor[3, S, S] in [0, 1]."""
         s = self.image_size
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        face_id = index if self.identities is None else index % self.identities
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + face_id)
         u = torch.rand(12, generator=gen)
         skin = torch.tensor([0.80, 0.62, 0.50]) * (0.85 + 0.3 * u[0:3]).clamp(max=1.2)  # [3]
         skin = skin.clamp(0.3, 0.95)
