@@ -24,6 +24,8 @@ from pyagingrt.backends.native_acgan import (
     condition_responses,
     instance_norm_act,
     merged_head_weight,
+    pack_head_weight,
+    packed_head_conv,
 )
 from pyagingrt.errors import InputError
 from pyagingrt.models.acgan import AcGANAdapter
@@ -79,6 +81,7 @@ def test_load_native_picks_the_acgan_runner():
     assert native.runner_name == "AcGANRunner"
     assert native.runner.split_stem  # CPU default
     assert native.runner.channels_last  # every device
+    assert native.runner.packed_head  # CPU default (channels_last, S % 4 == 0)
 
 
 @pytest.mark.parametrize(("split_stem", "channels_last"), STEM_CHOICES)
@@ -90,6 +93,32 @@ def test_fp32_matches_torch_backend(split_stem, channels_last):
     ref = torch_engine(module).age(x, AGES)
     assert out.shape == (len(AGES), 3, S, S)
     torch.testing.assert_close(out, ref, atol=FP32_TOL, rtol=0)
+
+
+def test_fp32_with_the_direct_head_matches_torch_backend():
+    """The CUDA choice of head (the 7x7 conv as is) on CPU."""
+    module = trained_like()
+    native = native_engine(module, packed_head=False)
+    assert not native.runner.packed_head
+    x = images(len(AGES))
+    torch.testing.assert_close(native.age(x, AGES), torch_engine(module).age(x, AGES), atol=FP32_TOL, rtol=0)
+
+
+@pytest.mark.parametrize(("batch", "channels", "outputs", "height", "width"), [(2, 5, 4, 9, 12), (1, 16, 2, 8, 4)])
+def test_packed_head_is_the_same_conv(batch, channels, outputs, height, width):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    weight = torch.randn(outputs, channels, 7, 7, generator=gen, dtype=torch.float64)
+    packed = pack_head_weight(weight)
+    assert packed.shape == (4 * outputs, 4 * channels, 7, 3)
+    out = packed_head_conv(x.contiguous(memory_format=torch.channels_last), packed)
+    torch.testing.assert_close(out, F.conv2d(x, weight, padding=3), atol=1e-12, rtol=0)  # float64 rounding only
+
+
+def test_packed_head_needs_channels_last():
+    with pytest.raises(ValueError, match="packed_head needs channels_last"):
+        AcGANRunner(ADAPTER, trained_like(), TINY, torch.device("cpu"), torch.float32, channels_last=False,
+                    packed_head=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("split_stem", [True, False], ids=["split-stem", "8ch-stem"])
