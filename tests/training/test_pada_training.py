@@ -9,7 +9,6 @@ import itertools
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -141,13 +140,16 @@ def test_checkpoint_ages_a_photo_through_the_cli(runs, judges, photo_dir, tmp_pa
     assert out.is_file()
 
 
-def test_checkpoint_is_judged_by_agingrt_eval_with_its_clip(runs, judges, photo_dir, tmp_path, eval_judges):
+def test_checkpoint_is_judged_by_agingrt_eval_with_its_clip(runs, judges, photo_dir, tmp_path, eval_judges, capsys):
     out = tmp_path / "eval"
-    args = ["eval", str(runs["aging"].weights), "--clip", str(judges["clip"]), "--data", str(photo_dir)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", pyagingrt.RandomWeightsWarning)  # a random CLIP would be one
-        assert main([*args, "--ages", "20,60", "--out", str(out), "--quiet"]) == 0
+    args = ["eval", str(runs["aging"].weights), "--data", str(photo_dir), "--ages", "20,60", "--quiet"]
+    assert main([*args, "--clip", str(judges["clip"]), "--out", str(out)]) == 0
+    assert "random CLIP" not in capsys.readouterr().err  # the given CLIP was used
     report = json.loads((out / "eval.json").read_text())
     assert report["model"] == "pada"
     assert report["inputs"] == 1
     assert [t["target_age"] for t in report["targets"]] == [20.0, 60.0]
+    assert main([*args, "--out", str(tmp_path / "no_clip")]) == 0  # judged, with the random CLIP said on one line
+    lines = [line for line in capsys.readouterr().err.splitlines() if "random CLIP" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("agingrt: warning: pada: no CLIP directory given")
