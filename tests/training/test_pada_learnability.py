@@ -105,7 +105,7 @@ def test_text_conditioning_moves_the_band_toward_the_target_group(setup, monkeyp
     aging = train("pada", setup["faces"], out=setup["root"] / "aging", stage="aging", device="cpu",
                   overrides=setup["sets"])  # fmt: skip
     gap = _gap(aging.recipe)
-    assert float(gap.mean()) > 0.07, gap  # half the smallest of 0.15-0.34 measured over seeds
+    assert float(gap.mean()) > 0.07, gap  # 0.21-0.23 over four aging seeds; 0.15-0.34 in the runs behind the setup
     assert float((gap > 0).float().mean()) >= 0.9, gap
 
     original = PADA.modulate

@@ -7,8 +7,8 @@ grows linearly with age: at ``min_age`` the band has the skin's colour, at ``max
 mean brightness over the cheeks', ~0 for the youngest and ~BAND_DEPTH for the oldest, whatever the skin tone.
 
 With ``identities=K`` every item is drawn as one of K faces (index mod K), at its own age: with K = 1 the band
-is the only thing that varies, which a small autoencoder learns to carry in its latent code within a few
-hundred steps (the PADA learnability test's DiffAE; with one face per item it does not within thousands).
+is the only thing that varies, which a small autoencoder learns to carry in its latent code within 1000 steps
+(the PADA learnability test's DiffAE; with one face per item it did not within 3000).
 
 Items are the data sets' dict ``{"image": float32 [3, S, S] in [0, 1], "age": float32, "gender": int64,
 "index": int64}``; everything is a deterministic function of (seed, index), so any worker order gives the
