@@ -99,7 +99,6 @@ RANDOM_WEIGHTS_WARNING = (
 
 def load_engine(args: argparse.Namespace) -> Any:
     """``pyagingrt.load`` from the model flags; warnings (random CLIP, missing DEX) are printed on one line."""
-    import pyagingrt
 
     extra = model_files(args)
     common = {"device": args.device, "precision": args.precision, "config": args.config, "backend": args.backend}
@@ -112,16 +111,24 @@ def load_engine(args: argparse.Namespace) -> Any:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
             raise InputError(f"checkpoint {checkpoint} does not exist or is not a file")
+    if args.random_weights:
+        # "no checkpoint given" was said above, louder
+        return load_saying_warnings(args.model, None, skip="no checkpoint given", **common, **extra)
+    if args.model is None:
+        return load_saying_warnings(checkpoint, **common, **extra)
+    return load_saying_warnings(args.model, checkpoint, **common, **extra)
+
+
+def load_saying_warnings(*args: Any, skip: str | None = None, **kwargs: Any) -> Any:
+    """``pyagingrt.load(*args, **kwargs)`` with each warning it raises (random CLIP, missing DEX) printed on one
+    ``agingrt: warning:`` line, except those containing ``skip``; the load goes on."""
+    import pyagingrt
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pyagingrt.RandomWeightsWarning)
-        if args.random_weights:
-            engine = pyagingrt.load(args.model, None, **common, **extra)
-        elif args.model is None:
-            engine = pyagingrt.load(checkpoint, **common, **extra)
-        else:
-            engine = pyagingrt.load(args.model, checkpoint, **common, **extra)
-    for w in caught:  # e.g. PADA without --clip: say so, on one line, but go on
-        if not (args.random_weights and "no checkpoint given" in str(w.message)):  # said above, louder
+        engine = pyagingrt.load(*args, **kwargs)
+    for w in caught:
+        if skip is None or skip not in str(w.message):
             warn(str(w.message))
     return engine
 

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .age import add_model_file_arguments, model_files, parse_ages, warn
+from .age import add_model_file_arguments, load_saying_warnings, model_files, parse_ages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,15 +57,9 @@ def _load(args: argparse.Namespace):
         raise InputError("give the CHECKPOINT to judge (or --random-weights --model M to try the command)")
     if not args.checkpoint.is_file():
         raise InputError(f"checkpoint {args.checkpoint} does not exist or is not a file")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", pyagingrt.RandomWeightsWarning)
-        if args.model is None:
-            engine = pyagingrt.load(args.checkpoint, **common)
-        else:
-            engine = pyagingrt.load(args.model, args.checkpoint, **common)
-    for w in caught:  # e.g. PADA without --clip: one line, and the judging goes on
-        warn(str(w.message))
-    return engine
+    if args.model is None:  # warnings (e.g. PADA without --clip) on one line each, and the judging goes on
+        return load_saying_warnings(args.checkpoint, **common)
+    return load_saying_warnings(args.model, args.checkpoint, **common)
 
 
 def run(args: argparse.Namespace) -> int:
