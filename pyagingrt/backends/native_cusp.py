@@ -201,6 +201,10 @@ class CUSPRunner(NativeRunner):
         if not isinstance(module, CUSP):
             raise TypeError(f"CUSPRunner needs the CUSP model, got {type(module).__name__}")
         self.channels_last = True if channels_last is None else channels_last  # oneDNN's NHWC convs on CPU too
+        # fp32 on the CPU: the conv epilogue in place (a fresh [B, O, R, R] output costs its page faults there:
+        # addcmul 90 ms against 12 ms at [8, 128, 224, 224], 2 threads; fp32 rounds the same either way). CUDA keeps
+        # the one-pass addcmul, low precision its single rounding of fp32 maths.
+        self.epilogue_in_place = device.type == "cpu" and dtype == torch.float32
         self._make_noise = module.make_noise  # the model's own per-seed noise order (docs/models/cusp.md 2.2)
         with torch.no_grad():
             self._build(module)
@@ -445,9 +449,7 @@ class CUSPRunner(NativeRunner):
         bias = conv.noise_const if mode == "const" else noise  # [R, R] or [B, 1, R, R] fp32
         if mode == "none":
             y.mul_(d)
-        elif y.dtype == torch.float32 and y.is_cpu:
-            # in place: a fresh [B, O, R, R] output costs its page faults on the CPU (addcmul 90 ms against 12 ms at
-            # [8, 128, 224, 224], 2 threads), and fp32 rounds the same either way; CUDA keeps the one-pass addcmul
+        elif self.epilogue_in_place:
             y.mul_(d).add_(bias)
         else:
             # out of place (torch.compile / export refuse out= into a channels_last, non-contiguous, tensor);
