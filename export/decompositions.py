@@ -75,6 +75,12 @@ def _masked_gaussian_blur_with_taps(features: Tensor, mask: Tensor, taps: Tensor
     return out.to(features.dtype)
 
 
+def _winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, chunk_tiles: int = 0) -> Tensor:
+    """The convolution the op computes, as a standard Conv: the runtime then picks its own algorithm (the
+    Winograd transforms are a CPU speed choice, not part of the function)."""
+    return F.conv2d(x, weight, padding=1)
+
+
 _FORMS: dict[str, Callable[..., Tensor]] = {
     "group_norm_act": _group_norm_act,
     "inv_conv1x1": _inv_conv1x1,
@@ -83,6 +89,7 @@ _FORMS: dict[str, Callable[..., Tensor]] = {
     "guided_backprop_mask": _guided_backprop_mask,
     "guided_backprop_mask_with_taps": _guided_backprop_mask_with_taps,
     "masked_gaussian_blur_with_taps": _masked_gaussian_blur_with_taps,
+    "winograd_conv3x3": _winograd_conv3x3,
 }
 
 

@@ -14,6 +14,7 @@ from .guided_backprop_mask import (
 )
 from .inv_conv1x1 import inv_conv1x1
 from .masked_gaussian_blur import masked_gaussian_blur, masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
+from .winograd_conv3x3 import winograd_conv3x3, winograd_weight
 
 __all__ = [
     "ChannelAffine",
@@ -28,4 +29,6 @@ __all__ = [
     "masked_gaussian_blur",
     "masked_gaussian_blur_tables",
     "masked_gaussian_blur_with_taps",
+    "winograd_conv3x3",
+    "winograd_weight",
 ]

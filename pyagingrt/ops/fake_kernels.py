@@ -59,6 +59,11 @@ def _masked_gaussian_blur(features, mask, sigma_m, sigma_g, kernel_size):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 
+def _winograd_conv3x3(x, weight, u, chunk_tiles=0):
+    out = x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 KERNELS = {
     "group_norm_act": _group_norm_act,
     "inv_conv1x1": _inv_conv1x1,
@@ -68,6 +73,7 @@ KERNELS = {
     "guided_backprop_mask_with_taps": _guided_backprop_mask_with_taps,
     "masked_gaussian_blur_with_taps": _masked_gaussian_blur_with_taps,
     "masked_gaussian_blur": _masked_gaussian_blur,
+    "winograd_conv3x3": _winograd_conv3x3,
 }
 
 

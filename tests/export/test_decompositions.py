@@ -7,7 +7,7 @@ import torch
 
 from pyagingrt._extension import has_native
 from pyagingrt.export.decompositions import decomposition_table
-from pyagingrt.ops import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
+from pyagingrt.ops import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps, winograd_weight
 
 pytestmark = pytest.mark.skipif(not has_native(), reason="needs the compiled extension (the ops to decompose)")
 
@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(not has_native(), reason="needs the compiled ext
 def test_every_op_the_graphs_call_has_a_form():
     names = {op.name() for op in decomposition_table()}
     used = {"group_norm_act", "inv_conv1x1", "ddim_step", "guided_relu_backward", "guided_backprop_mask_with_taps"}
+    used |= {"winograd_conv3x3"}
     assert {f"agingrt::{n}" for n in {*used, "masked_gaussian_blur_with_taps"}} <= names
 
 
@@ -40,3 +41,16 @@ def test_forms_of_the_other_ops_are_their_wrappers_torch_path():
     form = decomposition_table()[torch.ops.agingrt.group_norm_act.default]
     want = torch.ops.agingrt.group_norm_act(x, 4, scale, shift, 1e-5, "silu")
     assert float((form(x, 4, scale, shift, 1e-5, "silu") - want).abs().max()) <= 1e-5
+
+
+def test_winograd_form_is_the_convolution_the_op_computes():
+    """Exported as a plain Conv (the runtime picks its algorithm); the op differs from it by Winograd's fp32
+    rounding only (tests/ops/test_winograd_conv3x3.py: 1e-4 of max |y|)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 9, 11, generator=gen)
+    weight = torch.randn(7, 5, 3, 3, generator=gen) / 45**0.5
+    form = decomposition_table()[torch.ops.agingrt.winograd_conv3x3.default]
+    got = form(x, weight, winograd_weight(weight))
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, padding=1), atol=0, rtol=0)
+    want = torch.ops.agingrt.winograd_conv3x3(x, weight, winograd_weight(weight), 0)
+    assert float((got - want).abs().max()) <= 1e-4 * float(got.abs().max())

@@ -38,7 +38,9 @@ S = TINY.image_size
 AGES = [15.0, 25.0, 35.0, 45.0, 60.0]  # one per group 0..4
 # Native fp32 vs torch fp32: the same maths in another order (split stem sum, stacked head rows, IN as
 # y * s + t instead of (y - mu) / sigma * gamma + beta), each a few fp32 ulps, carried through 9 InstanceNorms
-# that rescale errors by 1 / sigma; measured <= 1.4e-6 on outputs in [0, 1] (2e-6 at paper size), so 1e-5.
+# that rescale errors by 1 / sigma; measured <= 1.4e-6 on outputs in [0, 1], so 1e-5. The CPU default's Winograd
+# block convs (winograd_conv3x3, ~5x a direct conv's rounding) measured 2.6e-6 here; at paper size (12 block convs
+# at 256 channels, not tested) 2.1e-5 against 9.6e-6 with direct convs (trained-like random weights, batch 1 and 8).
 FP32_TOL = 1e-5
 # Linear identities on one conv layer (no normalisation after it): 392-term (stem) or 3136-term (heads) fp32
 # sums in another order, outputs up to ~3 with these weights:
@@ -82,6 +84,8 @@ def test_load_native_picks_the_acgan_runner():
     assert native.runner.split_stem  # CPU default
     assert native.runner.channels_last  # every device
     assert native.runner.packed_head  # CPU default (channels_last, S % 4 == 0)
+    assert native.runner.winograd  # CPU fp32 default
+    assert all(conv.winograd_u is not None for block in native.runner.blocks for conv in block)
 
 
 @pytest.mark.parametrize(("split_stem", "channels_last"), STEM_CHOICES)
@@ -113,6 +117,20 @@ def test_packed_head_is_the_same_conv(batch, channels, outputs, height, width):
     assert packed.shape == (4 * outputs, 4 * channels, 7, 3)
     out = packed_head_conv(x.contiguous(memory_format=torch.channels_last), packed)
     torch.testing.assert_close(out, F.conv2d(x, weight, padding=3), atol=1e-12, rtol=0)  # float64 rounding only
+
+
+def test_fp32_with_direct_block_convs_matches_torch_backend():
+    """The residual blocks' 3x3 convs as F.conv2d (the CUDA and low-precision choice) on CPU in fp32."""
+    module = trained_like()
+    native = native_engine(module, winograd=False)
+    assert not native.runner.winograd
+    x = images(len(AGES))
+    torch.testing.assert_close(native.age(x, AGES), torch_engine(module).age(x, AGES), atol=FP32_TOL, rtol=0)
+
+
+def test_winograd_is_refused_outside_cpu_fp32():
+    with pytest.raises(ValueError, match="winograd runs on the CPU in fp32 only"):
+        AcGANRunner(ADAPTER, trained_like(), TINY, torch.device("cpu"), torch.bfloat16, winograd=True)
 
 
 def test_packed_head_needs_channels_last():
