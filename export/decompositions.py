@@ -75,10 +75,10 @@ def _masked_gaussian_blur_with_taps(features: Tensor, mask: Tensor, taps: Tensor
     return out.to(features.dtype)
 
 
-def _winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, chunk_tiles: int = 0) -> Tensor:
+def _winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, bias: Tensor | None = None, chunk_tiles: int = 0) -> Tensor:
     """The convolution the op computes, as a standard Conv: the runtime then picks its own algorithm (the
     Winograd transforms are a CPU speed choice, not part of the function)."""
-    return F.conv2d(x, weight, padding=1)
+    return F.conv2d(x, weight, bias, padding=1)
 
 
 _FORMS: dict[str, Callable[..., Tensor]] = {

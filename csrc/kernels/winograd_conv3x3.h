@@ -8,7 +8,7 @@
 //   V[p][t][c] = (B^T d[:, :, c] B)[a][b]                 input transform, p = 6 a + b  (this file)
 //   U[p][c][o] = (G w[o, c] G^T)[a][b]                    weight transform, once at load (Python, float64)
 //   M[p][t][o] = sum_c V[p][t][c] U[p][c][o]              36 GEMMs [tiles, C] x [C, O] (the adapter, torch's BLAS)
-//   y[n, 4 ty + r, 4 tx + s, o] = (A^T M[:][t][o] A)[r][s]  output transform, cropped to H x W  (this file)
+//   y[n, 4 ty + r, 4 tx + s, o] = (A^T M[:][t][o] A)[r][s] (+ bias[o])  output transform, cropped to H x W
 // 36 products per 16 outputs instead of 144: 4x fewer multiplications than the direct convolution, at the price of
 // a larger rounding error (the transforms' coefficients reach 8 and 1/24; measured ~1e-5 of max |y| in fp32,
 // about 5x the direct convolution's).
@@ -37,6 +37,7 @@ struct WinogradInputParams {
 
 struct WinogradOutputParams {
     const float* m;        // M: point p, chunk tile t, channel o at m[p * point_stride + t * O + o]
+    const float* bias;     // [O], added to every output; nullptr for none
     float* y;              // [N, H, W, O] NHWC contiguous
     int64_t batch;         // N
     int64_t height;        // H

@@ -1,5 +1,6 @@
 // torch adapter for winograd_conv3x3: schema, validation, CPU and Meta implementations.
-//   torch.ops.agingrt.winograd_conv3x3(x, weight, u, chunk_tiles=0) -> y = conv2d(x, weight, padding=1)
+//   torch.ops.agingrt.winograd_conv3x3(x, weight, u, bias=None, chunk_tiles=0) -> y = conv2d(x, weight, bias,
+//   padding=1)
 // computed as Winograd F(4x4, 3x3) from u, the transformed weight (pyagingrt.ops.winograd_weight). weight itself
 // is only checked here; it is what the op's standard-op form (ONNX export) and the oracle convolve with.
 // CPU only, fp32: on CUDA, cuDNN already chooses among Winograd, FFT and implicit-GEMM algorithms per shape.
@@ -9,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "kernels/winograd_conv3x3.h"
 #include "ops/op_utils.h"
@@ -28,7 +30,8 @@ constexpr int64_t kMinChunkTiles = 128;
 constexpr int64_t kMaxChunkTiles = 256;
 constexpr int64_t kGrainTiles = 4;  // tiles per thread-pool task of a transform
 
-void validate(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u, int64_t chunk_tiles) {
+void validate(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u, const std::optional<at::Tensor>& bias,
+              int64_t chunk_tiles) {
     AGINGRT_CHECK_ARG(x.dim() == 4, kOp, "x must be 4-D [N, C, H, W], got shape ", shape_str(x));
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, kOp, ": x must be float32, got ", x.scalar_type());
     const int64_t c = x.size(1);
@@ -42,6 +45,12 @@ void validate(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u
                      ": weight and u must be float32, got ", weight.scalar_type(), " and ", u.scalar_type());
     check_same_device(x, "x", weight, "weight", kOp);
     check_same_device(x, "x", u, "u", kOp);
+    if (bias.has_value()) {
+        AGINGRT_CHECK_ARG(bias->dim() == 1 && bias->size(0) == o, kOp, "bias must be [O] with O = ", o, ", got shape ",
+                          shape_str(*bias));
+        TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, kOp, ": bias must be float32, got ", bias->scalar_type());
+        check_same_device(x, "x", *bias, "bias", kOp);
+    }
     AGINGRT_CHECK_ARG(c > 0 && o > 0, kOp, "x and weight need at least one channel, got C = ", c, ", O = ", o);
     AGINGRT_CHECK_ARG(chunk_tiles >= 0, kOp, "chunk_tiles must be >= 0 (0: automatic), got ", chunk_tiles);
 }
@@ -63,8 +72,10 @@ int64_t chunk_size(int64_t chunk_tiles, int64_t channels, int64_t outputs, int64
 }
 
 at::Tensor winograd_conv3x3_cpu_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u,
-                                     int64_t chunk_tiles) {
-    validate(x, weight, u, chunk_tiles);
+                                     const std::optional<at::Tensor>& bias, int64_t chunk_tiles) {
+    validate(x, weight, u, bias, chunk_tiles);
+    const std::optional<at::Tensor> bc =
+        bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
     const at::Tensor xi = x.contiguous(at::MemoryFormat::ChannelsLast);  // NHWC rows, read in place when already so
     const at::Tensor uc = u.contiguous();
     at::Tensor y = make_output(x, weight);
@@ -88,7 +99,15 @@ at::Tensor winograd_conv3x3_cpu_impl(const at::Tensor& x, const at::Tensor& weig
         at::Tensor v3 = v_buffer.narrow(0, 0, 36 * count * c).view({36, count, c});  // [36, tiles, C]
         at::Tensor m3 = m_buffer.narrow(0, 0, 36 * count * o).view({36, count, o});  // [36, tiles, O]
         at::bmm_out(m3, v3, uc);                                                     // 36 GEMMs [tiles, C] x [C, O]
-        const WinogradOutputParams out{m_buffer.data_ptr<float>(), y.data_ptr<float>(), n, h, w, o, first, count * o};
+        const WinogradOutputParams out{m_buffer.data_ptr<float>(),
+                                       bc.has_value() ? bc->data_ptr<float>() : nullptr,
+                                       y.data_ptr<float>(),
+                                       n,
+                                       h,
+                                       w,
+                                       o,
+                                       first,
+                                       count * o};
         parallel_cpu_kernel(count, kGrainTiles, kOp,
                             [&](int64_t begin, int64_t end) { return winograd_output_transform_cpu(out, begin, end); });
     }
@@ -96,30 +115,31 @@ at::Tensor winograd_conv3x3_cpu_impl(const at::Tensor& x, const at::Tensor& weig
 }
 
 at::Tensor winograd_conv3x3_meta_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u,
-                                      int64_t chunk_tiles) {
-    validate(x, weight, u, chunk_tiles);
+                                      const std::optional<at::Tensor>& bias, int64_t chunk_tiles) {
+    validate(x, weight, u, bias, chunk_tiles);
     return make_output(x, weight);
 }
 
 at::Tensor winograd_conv3x3_autograd_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& u,
-                                          int64_t chunk_tiles) {
-    const bool needs_grad =
-        at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || u.requires_grad());
+                                          const std::optional<at::Tensor>& bias, int64_t chunk_tiles) {
+    const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() ||
+                                                           u.requires_grad() || (bias && bias->requires_grad()));
     TORCH_CHECK_NOT_IMPLEMENTED(!needs_grad, kOp,
                                 ": the native op has no autograd (it is an inference op), but an input requires a "
                                 "gradient; use F.conv2d(x, weight, padding=1) to differentiate, or run under "
                                 "torch.no_grad()");
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("agingrt::winograd_conv3x3", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&, int64_t)>();
     const at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, weight, u, chunk_tiles);
+    return op.call(x, weight, u, bias, chunk_tiles);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(agingrt, m) {
-    m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor u, int chunk_tiles=0) -> Tensor");
+    m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor u, Tensor? bias=None, int chunk_tiles=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(agingrt, CPU, m) {

@@ -40,7 +40,12 @@ Rewrites, each exact in real arithmetic (fp32 results differ from the torch back
    and moves them to the device with the other inputs: they are static graph inputs, and no sigma is read on
    the host in forward. The flags keep the special cases exact, as in the model: s_g = s_g skips the blend (M
    unused), sigma 0 is the identity, and a sample with sigma_m = 0 gets F_g back unchanged.
-8. **Graph key.** Sigmas, seeds and ages are input tensors, so one graph per (noise mode, mask needed) serves
+8. **Winograd 3x3 convs on the CPU** (docs/performance.md 3.6). In fp32 with channels_last, every 3x3 'same' conv
+   with at least 16 input and 16 output channels (the decoder's conv1s, 12 of the DEX's 13 forward convs and 12 of
+   its backward convs) runs as ``agingrt::winograd_conv3x3`` (F(4x4, 3x3), the per-point products as GEMMs) from a
+   transformed weight computed once here; the DEX's RGB input conv and its RGB gradient stay direct (3 channels
+   leave the GEMMs nothing to gain). About 5x a direct conv's rounding per layer.
+9. **Graph key.** Sigmas, seeds and ages are input tensors, so one graph per (noise mode, mask needed) serves
    every value; the DEX pass is skipped, as in the model, when no sample blurs inside the mask.
 
 Precision (docs/models/cusp.md 9): conv weights and activations in the engine dtype (``channels_last`` on every
@@ -62,16 +67,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._extension import has_native
 from ..errors import InputError
 from ..ops.guided_backprop_mask import guided_backprop_mask_taps, guided_backprop_mask_with_taps
 from ..ops.guided_backprop_mask import guided_relu_backward as _guided_relu_backward_op
 from ..ops.masked_gaussian_blur import masked_gaussian_blur_tables, masked_gaussian_blur_with_taps
+from ..ops.winograd_conv3x3 import winograd_conv3x3, winograd_weight
 from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, normalize_2nd_moment, upsample2d
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
 from .runner import NativeRunner, Tensors, check_target_indices
 
 DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (StyleGAN2's)
 NOISE_MODES = ("const", "random", "none")
+WINOGRAD_MIN_CHANNELS = 16  # below this on either side a 3x3 conv stays direct (3 -> 64 at 224: 0.9 vs 3.1 ms)
 
 
 # --- the guided-backprop pieces -------------------------------------------------------------------------------
@@ -148,10 +156,18 @@ class _ModConv(nn.Module):
     """One decoder conv: weight (scaled by c, engine dtype), Q and 1/c (fp32), bias map for 'const' noise."""
 
     def __init__(
-        self, weight: Tensor, q: Tensor, inv_scale: Tensor, noise_const: Tensor, strength: Tensor, clamp: float | None
+        self,
+        weight: Tensor,
+        q: Tensor,
+        inv_scale: Tensor,
+        noise_const: Tensor,
+        strength: Tensor,
+        clamp: float | None,
+        winograd_u: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)  # conv1: [O, I, 3, 3]; conv0: [I, O, 3, 3] (conv_transpose2d layout)
+        self.register_buffer("winograd_u", winograd_u)  # conv1 on CPU fp32: [36, I, O]; else None
         self.register_buffer("q", q)  # [O, I] fp32, sum_k W^2 of the unscaled weight
         self.register_buffer("inv_scale", inv_scale)  # [O] fp32, 1 / c_o
         self.register_buffer("noise_const", noise_const)  # [R, R] fp32, noise_const * strength
@@ -185,6 +201,8 @@ class CUSPRunner(NativeRunner):
 
     Keyword options (tests set them to run the CUDA choice on CPU):
         channels_last: NHWC activations and conv weights (default: on; off gives NCHW).
+        winograd: 3x3 'same' convs with >= 16 channels each side as ``agingrt::winograd_conv3x3`` (default: CPU
+            in fp32 with channels_last and the compiled extension) or as ``F.conv2d``.
     """
 
     def __init__(
@@ -196,11 +214,16 @@ class CUSPRunner(NativeRunner):
         dtype: torch.dtype,
         *,
         channels_last: bool | None = None,
+        winograd: bool | None = None,
     ) -> None:
         super().__init__(adapter, module, config, device, dtype)
         if not isinstance(module, CUSP):
             raise TypeError(f"CUSPRunner needs the CUSP model, got {type(module).__name__}")
         self.channels_last = True if channels_last is None else channels_last  # oneDNN's NHWC convs on CPU too
+        winograd_ok = device.type == "cpu" and dtype == torch.float32
+        if winograd and not winograd_ok:
+            raise ValueError("winograd runs on the CPU in fp32 only (on CUDA, cuDNN chooses its own algorithm)")
+        self.winograd = (winograd_ok and self.channels_last and has_native()) if winograd is None else winograd
         # fp32 on the CPU: the conv epilogue in place (a fresh [B, O, R, R] output costs its page faults there:
         # addcmul 90 ms against 12 ms at [8, 128, 224, 224], 2 threads; fp32 rounds the same either way). CUDA keeps
         # the one-pass addcmul, low precision its single rounding of fp32 maths.
@@ -217,6 +240,11 @@ class CUSPRunner(NativeRunner):
     def _weight(self, w: Tensor) -> Tensor:
         w = self._dev(w, self.dtype)
         return w.contiguous(memory_format=torch.channels_last) if self.channels_last else w.contiguous()
+
+    def _winograd_u(self, weight: Tensor) -> Tensor | None:
+        """winograd_weight of a [O, I, 3, 3] 'same' conv weight when this conv runs by Winograd, else None."""
+        wide = min(weight.shape[0], weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
+        return winograd_weight(weight) if self.winograd and wide else None
 
     def _build(self, model: CUSP) -> None:
         cfg = model.config
@@ -258,8 +286,10 @@ class CUSPRunner(NativeRunner):
         weight = layer.weight.float()  # [O, I, 3, 3]
         scale = modconv_weight_scale(weight)  # [O]
         scaled = weight * scale[:, None, None, None]  # [O, I, 3, 3]
+        stored = self._weight(scaled.transpose(0, 1) if transposed else scaled)
         return _ModConv(
-            weight=self._weight(scaled.transpose(0, 1) if transposed else scaled),
+            weight=stored,
+            winograd_u=None if transposed else self._winograd_u(stored),
             q=self._dev(weight.square().sum(dim=(2, 3))),
             inv_scale=self._dev(1.0 / scale),
             noise_const=self._dev(layer.noise_const * layer.noise_strength),
@@ -297,7 +327,9 @@ class CUSPRunner(NativeRunner):
                 # [I, O, 3, 3]. oneDNN runs conv_transpose2d through a slow path on the CPU (a third of CUSP's
                 # time at batch 1), and a copy per use also keeps OpenVINO from sharing one constant
                 backward = weight.transpose(0, 1).flip(2, 3)
-                group.append(Tensors(self._weight(weight), self._dev(conv.bias, self.dtype), self._weight(backward)))
+                forward, backward = self._weight(weight), self._weight(backward)
+                winograd_us = (self._winograd_u(forward), self._winograd_u(backward))  # [36, I, O] / [36, O, I] or None
+                group.append(Tensors(forward, self._dev(conv.bias, self.dtype), backward, *winograd_us))
                 index += 1
             self.dex_groups.append(group)
         self.dex_fcs = nn.ModuleList(
@@ -392,6 +424,13 @@ class CUSPRunner(NativeRunner):
         h = h.to(self.dtype)
         return h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
 
+    @staticmethod
+    def _conv3x3(h: Tensor, weight: Tensor, winograd_u: Tensor | None, bias: Tensor | None = None) -> Tensor:
+        """conv2d(h, weight, bias, padding=1): by Winograd where the build made its transformed weight."""
+        if winograd_u is None:
+            return F.conv2d(h, weight, bias, padding=1)  # [B, O, H, W]
+        return winograd_conv3x3(h, weight, winograd_u, bias, impl="native")  # [B, O, H, W] channels_last
+
     def fir(self, x: Tensor, padding: int, gain: float = 1.0) -> Tensor:
         """The 4x4 FIR f = t t^T (t = [1,3,3,1]/8) times gain, as two 4-tap depthwise passes: [B, C, H, W] ->
         [B, C, H + 2 padding - 3, ...]. The sqrt of the gain goes into each pass (2 x 2 for the up-convs)."""
@@ -475,7 +514,7 @@ class CUSPRunner(NativeRunner):
             x = self._epilogue(y, d, block.conv0, mode, noise.get(f"{name}.conv0"))  # [B, O, R, R]
             s1, s_rgb = styles[2 * i], styles[2 * i + 1]  # [B, O] each
             s, d = self._modulate(block.conv1, s1, demodulation(s1, block.conv1.q))
-            y = F.conv2d(x * s, block.conv1.weight, padding=1)  # [B, O, R, R]
+            y = self._conv3x3(x * s, block.conv1.weight, block.conv1.winograd_u)  # [B, O, R, R]
             x = self._epilogue(y, d, block.conv1, mode, noise.get(f"{name}.conv1"))  # [B, O, R, R]
             rgb = F.conv2d(x * s_rgb.to(self.dtype)[:, :, None, None], block.rgb_weight)  # [B, 3, R, R]
             rgb = rgb.float() + block.rgb_bias[None, :, None, None]  # [B, 3, R, R] fp32
@@ -513,8 +552,8 @@ class CUSPRunner(NativeRunner):
         pools: list[Tensor] = []  # argmax indices per pool
         for group in self.dex_groups:
             acts.append([])
-            for weight, bias, _ in group:
-                h = F.conv2d(h, weight, bias, padding=1).relu_()  # [B, C, r, r]
+            for weight, bias, _, winograd_u, _ in group:
+                h = self._conv3x3(h, weight, winograd_u, bias).relu_()  # [B, C, r, r]
                 acts[-1].append(h)
             h, index = F.max_pool2d(h, 2, return_indices=True)  # [B, C, r/2, r/2]
             pools.append(index)
@@ -534,8 +573,8 @@ class CUSPRunner(NativeRunner):
         g = self._rescale(g.reshape(pooled_shape))  # [B, C, r, r]
         for group, group_acts, index in zip(reversed(self.dex_groups), reversed(acts), reversed(pools), strict=True):
             g = self._unpool(g, index, group_acts[-1])  # [B, C, 2r, 2r]
-            for (_, _, backward), act in zip(reversed(group), reversed(group_acts), strict=True):
-                g = F.conv2d(self.dex_relu_backward(g, act), backward, padding=1)  # [B, I, r, r]: dL/d(input)
+            for (_, _, backward, _, winograd_u), act in zip(reversed(group), reversed(group_acts), strict=True):
+                g = self._conv3x3(self.dex_relu_backward(g, act), backward, winograd_u)  # [B, I, r, r]: dL/d(input)
             g = self._rescale(g)
         g = g.float() * 127.5  # [B, 3, r, r]
         if self.resize is not None:

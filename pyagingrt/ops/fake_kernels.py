@@ -59,7 +59,7 @@ def _masked_gaussian_blur(features, mask, sigma_m, sigma_g, kernel_size):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 
-def _winograd_conv3x3(x, weight, u, chunk_tiles=0):
+def _winograd_conv3x3(x, weight, u, bias=None, chunk_tiles=0):
     out = x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
     return out.contiguous(memory_format=torch.channels_last)
 

@@ -12,8 +12,10 @@ from ._dispatch import Impl, use_native
 winograd_weight = _oracle.winograd_weight
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, *, chunk_tiles: int = 0, impl: Impl = "auto") -> Tensor:
-    """``F.conv2d(x, weight, padding=1)`` for a 3x3 weight, computed by Winograd F(4x4, 3x3) from ``u =
+def winograd_conv3x3(
+    x: Tensor, weight: Tensor, u: Tensor, bias: Tensor | None = None, *, chunk_tiles: int = 0, impl: Impl = "auto"
+) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 weight, computed by Winograd F(4x4, 3x3) from ``u =
     winograd_weight(weight)`` (precompute it once per weight).
 
     The native op is fp32 on the CPU only (on CUDA, cuDNN picks its own algorithm: call ``F.conv2d`` there) and
@@ -25,6 +27,7 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, *, chunk_tiles: int =
         x: float32 Tensor[N, C, H, W]; channels_last is read in place, other layouts are copied once.
         weight: float32 Tensor[O, C, 3, 3] (validated; the ONNX export convolves with it).
         u: float32 Tensor[36, C, O], ``winograd_weight(weight)``.
+        bias: float32 Tensor[O] or None, added to every output pixel.
         chunk_tiles: 4x4 output tiles transformed per GEMM batch (0: from the cache budget); results may differ
             in the last bits between chunk sizes (the GEMMs' blocking changes), not between runs.
         impl: "native" (compiled op, raises if not built), "torch" (oracle) or "auto".
@@ -34,6 +37,7 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, u: Tensor, *, chunk_tiles: int =
     """
     if chunk_tiles < 0:
         raise InputError(f"winograd_conv3x3: chunk_tiles must be >= 0, got {chunk_tiles}")
-    if use_native(impl, x, weight, u):
-        return torch.ops.agingrt.winograd_conv3x3(x, weight, u, int(chunk_tiles))
-    return _oracle.winograd_conv3x3(x, u)
+    if use_native(impl, x, weight, u, bias):
+        return torch.ops.agingrt.winograd_conv3x3(x, weight, u, bias, int(chunk_tiles))
+    y = _oracle.winograd_conv3x3(x, u)  # [N, O, H, W]
+    return y if bias is None else y + bias[:, None, None]

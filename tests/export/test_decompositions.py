@@ -49,8 +49,9 @@ def test_winograd_form_is_the_convolution_the_op_computes():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 9, 11, generator=gen)
     weight = torch.randn(7, 5, 3, 3, generator=gen) / 45**0.5
+    bias = torch.randn(7, generator=gen)
     form = decomposition_table()[torch.ops.agingrt.winograd_conv3x3.default]
-    got = form(x, weight, winograd_weight(weight))
-    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, padding=1), atol=0, rtol=0)
-    want = torch.ops.agingrt.winograd_conv3x3(x, weight, winograd_weight(weight), 0)
+    got = form(x, weight, winograd_weight(weight), bias)
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, bias, padding=1), atol=0, rtol=0)
+    want = torch.ops.agingrt.winograd_conv3x3(x, weight, winograd_weight(weight), bias, 0)
     assert float((got - want).abs().max()) <= 1e-4 * float(got.abs().max())

@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyagingrt import has_native
 from pyagingrt.api import Engine
+from pyagingrt.backends import native_cusp
 from pyagingrt.backends.native import NativeEngine
 from pyagingrt.backends.native_cusp import (
     CUSPRunner,
@@ -91,6 +92,43 @@ def test_load_native_picks_the_cusp_runner():
     assert native.runner_name == "CUSPRunner"
     assert native.runner.channels_last  # every device
     assert native.graphs is None
+    assert native.runner.winograd  # CPU fp32 default
+    # tiny: the decoder's conv1s with >= 16 channels each side use it; the DEX's 4-8 channel convs stay direct
+    blocks = native.runner.blocks
+    assert [b.conv1.winograd_u is not None for b in blocks] == [min(b.conv1.weight.shape[:2]) >= 16 for b in blocks]
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Every 3x3 'same' conv of runners built in the test runs by Winograd (the tiny DEX's convs have 4-8
+    channels, below the runner's 16-channel floor, so the paper DEX's Winograd path is exercised here)."""
+    monkeypatch.setattr(native_cusp, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("options", OPTION_CASES)
+def test_fp32_with_every_3x3_conv_by_winograd_matches_torch_backend(options, winograd_everywhere):
+    module = tiny_module()
+    native = native_engine(module)
+    assert all(t[3] is not None and t[4] is not None for g in native.runner.dex_groups for t in g)
+    x = images(len(AGES))
+    out = native.age(x, AGES, seed=3, **options)
+    torch.testing.assert_close(out, torch_engine(module).age(x, AGES, seed=3, **options), atol=FP32_TOL, rtol=0)
+
+
+def test_fp32_with_direct_convs_matches_torch_backend():
+    """F.conv2d for every conv (the CUDA and low-precision choice) on CPU in fp32."""
+    module = tiny_module()
+    native = native_engine(module, winograd=False)
+    assert all(b.conv1.winograd_u is None for b in native.runner.blocks)
+    x = images(len(AGES))
+    out = native.age(x, AGES, seed=3, sigma_m=6.0, sigma_g=1.0)
+    torch.testing.assert_close(out, torch_engine(module).age(x, AGES, seed=3, sigma_m=6.0, sigma_g=1.0),
+                               atol=FP32_TOL, rtol=0)  # fmt: skip
+
+
+def test_winograd_is_refused_outside_cpu_fp32():
+    with pytest.raises(ValueError, match="winograd runs on the CPU in fp32 only"):
+        CUSPRunner(ADAPTER, tiny_module(), TINY, torch.device("cpu"), torch.bfloat16, winograd=True)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -272,10 +310,15 @@ def test_demodulation_is_the_oracle():
 # --- rewrite 6: the guided-backprop mask without autograd -----------------------------------------------------
 @pytest.mark.parametrize("config", [TINY, TINY_NO_RESIZE], ids=["resize-56-to-32", "no-resize"])
 @pytest.mark.parametrize("reduce", ["all", "max"])
-def test_explicit_mask_equals_the_autograd_mask(config, reduce):
+@pytest.mark.parametrize("dex_convs", ["default", "winograd"])
+def test_explicit_mask_equals_the_autograd_mask(config, reduce, dex_convs, monkeypatch):
+    if dex_convs == "winograd":  # every DEX conv, forward and backward, as winograd_conv3x3
+        monkeypatch.setattr(native_cusp, "WINOGRAD_MIN_CHANNELS", 1)
     config = config.replace(dex_outclass=reduce)
     module = tiny_module(config, seed=2)  # seed 1 kills every ReLU of the 32x32 DEX (zero gradient)
     runner = CUSPRunner(ADAPTER, module, config, torch.device("cpu"), torch.float32)
+    by_winograd = [t[3] is not None for g in runner.dex_groups for t in g]
+    assert all(by_winograd) if dex_convs == "winograd" else not any(by_winograd)
     x = images(3, size=config.resolution) * 2 - 1
     with torch.enable_grad():
         xg = x.clone().requires_grad_(True)

@@ -52,17 +52,19 @@ def test_oracle_in_float64_is_the_convolution(shape):
 @native
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
-def test_native_matches_the_convolution(shape, layout):
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_native_matches_the_convolution(shape, layout, with_bias):
     x, weight = make_case(shape)
+    bias = torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) if with_bias else None
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
-    y = winograd_conv3x3(x, weight, winograd_weight(weight), impl="native")
-    ref = F.conv2d(x.double(), weight.double(), padding=1)
+    y = winograd_conv3x3(x, weight, winograd_weight(weight), bias, impl="native")
+    ref = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
     assert y.shape == ref.shape
     assert y.dtype == torch.float32
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert relative_err(y, ref) < WINOGRAD_TOL
-    fp32_oracle = winograd_conv3x3(x, weight, winograd_weight(weight), impl="torch")
+    fp32_oracle = winograd_conv3x3(x, weight, winograd_weight(weight), bias, impl="torch")
     assert relative_err(fp32_oracle, ref) < WINOGRAD_TOL
 
 
@@ -90,7 +92,7 @@ def test_batch_items_are_independent_of_their_neighbours():
 @native
 def test_meta_kernel_reports_shape_and_layout():
     x, weight = make_case((2, 5, 7, 9, 11))
-    y = torch.ops.agingrt.winograd_conv3x3(x.to("meta"), weight.to("meta"), winograd_weight(weight).to("meta"), 0)
+    y = torch.ops.agingrt.winograd_conv3x3(x.to("meta"), weight.to("meta"), winograd_weight(weight).to("meta"), None, 0)
     assert y.shape == (2, 7, 9, 11)
     assert y.is_contiguous(memory_format=torch.channels_last)
 
@@ -103,6 +105,7 @@ def test_meta_kernel_reports_shape_and_layout():
         ("weight_5x5", ValueError, r"weight must be \[O, C, 3, 3\]"),
         ("u_wrong_shape", ValueError, r"u must be \[36, C, O\]"),
         ("x_3d", ValueError, "x must be 4-D"),
+        ("bias_wrong_size", ValueError, r"bias must be \[O\]"),
     ],
 )
 def test_bad_input_names_the_argument(change, error, match):
@@ -116,8 +119,9 @@ def test_bad_input_names_the_argument(change, error, match):
         u = u[:, :, :5]
     elif change == "x_3d":
         x = x[0]
+    bias = torch.zeros(5) if change == "bias_wrong_size" else None
     with pytest.raises(error, match=match):
-        winograd_conv3x3(x, weight, u, impl="native")
+        winograd_conv3x3(x, weight, u, bias, impl="native")
 
 
 def test_negative_chunk_is_refused():

@@ -152,6 +152,15 @@ void output_transform(const WinogradOutputParams& p, int64_t begin, int64_t end)
             for (int64_t r = 0; r < 4; ++r) {  // along each row r: over b
                 apply_at(t1 + 6 * r * kLanes, kLanes, y + 4 * r * kLanes, kLanes);
             }
+            if (p.bias) {
+                alignas(64) float b[kLanes];
+                load_lanes(b, p.bias + o0, lanes);
+                for (int64_t q = 0; q < 16; ++q) {
+                    for (int64_t l = 0; l < kLanes; ++l) {
+                        y[q * kLanes + l] += b[l];
+                    }
+                }
+            }
             for (int64_t r = 0; r < 4 && o.row + r < p.height; ++r) {
                 for (int64_t s = 0; s < 4 && o.col + s < p.width; ++s) {
                     float* dst = p.y + ((o.n * p.height + o.row + r) * p.width + o.col + s) * O + o0;
