@@ -10,8 +10,6 @@ Tolerances elsewhere are test_group_norm_act.py's (float64 oracle, TOL per dtype
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,13 +17,11 @@ import torch
 
 from pyagingrt import has_native
 from pyagingrt.ops import group_norm_act
+from tests.ops.cpu_kernels import INVALID_ARGUMENT, OK, TARGETS, compile_cpu_kernel, runnable_targets
 from tests.ops.test_group_norm_act import TOL, make_coefs, make_x, mean_budget, reference
 
-ROOT = Path(__file__).resolve().parents[2]
-CSRC = ROOT / "csrc"
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}  # common/dtype.h
 ACT_CODE = {"none": 0, "relu": 1, "silu": 2}  # GroupNormActivation
-OK, INVALID_ARGUMENT = 0, 1  # common/status.h
 SHIM = r"""
 #include "kernels/group_norm_act.h"
 extern "C" int gn_range(const void* x, const void* scale, const void* shift, void* y, const int64_t* sizes,
@@ -44,29 +40,9 @@ extern "C" int gn_range(const void* x, const void* scale, const void* shift, voi
 native = pytest.mark.skipif(not has_native(), reason="pyagingrt._C is not built")
 
 
-# The ISA targets the kernel's hot loops are cloned for (AGINGRT_CPU_CLONES in the source), one at a time.
-TARGETS = {
-    "baseline": "",
-    "avx2": '__attribute__((target("avx2"), optimize("fp-contract=off")))',
-    "avx512f": '__attribute__((target("avx512f"), optimize("fp-contract=off")))',
-}
-
-
 def compile_kernel(out: Path, clones: str | None = None) -> ctypes.CDLL:
-    """The CPU kernel with its work-range entry as `gn_range` (own namespace, so no clash with pyagingrt._C);
-    `clones` replaces the source's AGINGRT_CPU_CLONES (None: keep the source's runtime-dispatched clones)."""
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++ to compile the torch-free CPU kernel")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shim.cpp").write_text(SHIM)
-    lib = out / "libgn.so"
-    cmd = ["g++", "-std=c++17", "-O3", "-shared", "-fPIC", "-Dagingrt=agingrt_test", f"-I{CSRC}"]
-    if clones is not None:
-        cmd.append(f"-DAGINGRT_CPU_CLONES={clones}")
-    subprocess.run(
-        [*cmd, str(out / "shim.cpp"), str(CSRC / "kernels/cpu/group_norm_act.cpp"), "-o", str(lib)], check=True
-    )
-    dll = ctypes.CDLL(str(lib))
+    """The CPU kernel with its work-range entry as `gn_range`; `clones` as in :func:`compile_cpu_kernel`."""
+    dll = compile_cpu_kernel(out, SHIM, "group_norm_act.cpp", clones)
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
     dll.gn_range.argtypes = [ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i64, i64]
     dll.gn_range.restype = ctypes.c_int
@@ -202,18 +178,9 @@ def test_an_outlying_first_value_costs_no_precision(groups):
     torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5 + mean_budget(x, groups, scale))
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
 def test_every_isa_clone_gives_bit_identical_results(tmp_path):
     # No FMA contraction and explicit lanes: the AVX-512, AVX2 and baseline builds must agree bit for bit.
-    runnable = [t for t in TARGETS if t == "baseline" or t in cpu_flags()]
+    runnable = runnable_targets()
     if len(runnable) < 2:
         pytest.skip(f"this CPU runs only {runnable} of the kernel's ISA targets")
     kernels = {t: compile_kernel(tmp_path / t, TARGETS[t]) for t in runnable}
