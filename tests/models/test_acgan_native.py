@@ -99,11 +99,13 @@ def test_fp32_matches_torch_backend(split_stem, channels_last):
     torch.testing.assert_close(out, ref, atol=FP32_TOL, rtol=0)
 
 
-def test_fp32_with_the_direct_head_matches_torch_backend():
-    """The CUDA choice of head (the 7x7 conv as is) on CPU."""
+@pytest.mark.parametrize("option", ["packed_head", "winograd"])
+def test_fp32_with_a_cuda_choice_matches_torch_backend(option):
+    """A CUDA choice on CPU in fp32: the merged head as the 7x7 conv itself (packed_head=False), or the residual
+    blocks' 3x3 convs as F.conv2d (winograd=False)."""
     module = trained_like()
-    native = native_engine(module, packed_head=False)
-    assert not native.runner.packed_head
+    native = native_engine(module, **{option: False})
+    assert not getattr(native.runner, option)
     x = images(len(AGES))
     torch.testing.assert_close(native.age(x, AGES), torch_engine(module).age(x, AGES), atol=FP32_TOL, rtol=0)
 
@@ -117,15 +119,6 @@ def test_packed_head_is_the_same_conv(batch, channels, outputs, height, width):
     assert packed.shape == (4 * outputs, 4 * channels, 7, 3)
     out = packed_head_conv(x.contiguous(memory_format=torch.channels_last), packed)
     torch.testing.assert_close(out, F.conv2d(x, weight, padding=3), atol=1e-12, rtol=0)  # float64 rounding only
-
-
-def test_fp32_with_direct_block_convs_matches_torch_backend():
-    """The residual blocks' 3x3 convs as F.conv2d (the CUDA and low-precision choice) on CPU in fp32."""
-    module = trained_like()
-    native = native_engine(module, winograd=False)
-    assert not native.runner.winograd
-    x = images(len(AGES))
-    torch.testing.assert_close(native.age(x, AGES), torch_engine(module).age(x, AGES), atol=FP32_TOL, rtol=0)
 
 
 def test_winograd_is_refused_outside_cpu_fp32():

@@ -24,22 +24,14 @@
 #include <vector>
 
 #include "common/half.h"
+#include "kernels/cpu/cpu_clones.h"
 #include "kernels/group_norm_act.h"
 
-// The hot loops are compiled for AVX-512, AVX2 and the baseline ISA and picked at load time (GNU ifunc), since the
-// build targets baseline x86-64 (SSE2) and SiLU's polynomial is compute-bound. Contraction into FMA is off in the
-// clones (AVX-512F has FMA; the other targets do not) and every sum has explicit lanes, so each clone performs
-// the same IEEE operations in the same order: the output is bit-identical on every x86-64 CPU
-// (tests/ops/test_group_norm_act_cpu.py compares the clones, selecting each by defining AGINGRT_CPU_CLONES).
+// The hot loops are cloned per ISA (AGINGRT_CPU_CLONES, kernels/cpu/cpu_clones.h), since SiLU's polynomial is
+// compute-bound; every sum has explicit lanes, so the clones are bit-identical
+// (tests/ops/test_group_norm_act_cpu.py compares them).
 // Measured on a Zen 5 core, the whole op with fp32 SiLU on [1, 128, 64, 64] (in cache): ~0.8 ns per value with AVX2,
 // ~0.4 with AVX-512 (~0.3 if FMA were allowed), ~1.6 with SSE2 alone.
-#ifndef AGINGRT_CPU_CLONES
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__)
-#define AGINGRT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
-#else
-#define AGINGRT_CPU_CLONES
-#endif
-#endif
 
 namespace agingrt {
 namespace {

@@ -4,13 +4,7 @@
 // order, so the output does not depend on the CPU (as group_norm_act's CPU kernel).
 #include "kernels/winograd_conv3x3.h"
 
-#ifndef AGINGRT_CPU_CLONES
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__)
-#define AGINGRT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
-#else
-#define AGINGRT_CPU_CLONES
-#endif
-#endif
+#include "kernels/cpu/cpu_clones.h"
 
 namespace agingrt {
 namespace {
