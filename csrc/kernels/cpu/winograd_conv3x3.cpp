@@ -165,41 +165,33 @@ void output_transform(const WinogradOutputParams& p, int64_t begin, int64_t end)
     }
 }
 
-bool valid_range(int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t first_tile,
-                 int64_t point_stride, int64_t begin, int64_t end) {
-    const int64_t tiles = batch * winograd_tiles_per_image(height, width);
-    return batch >= 0 && height >= 0 && width >= 0 && channels > 0 && begin >= 0 && begin <= end && first_tile >= 0 &&
-           first_tile + end <= tiles && point_stride >= end * channels;
+// Checks a work range of either transform (both params structs share these fields), then runs it.
+template <typename Params, typename Transform>
+Status run_range(const Params& p, const void* in, const void* out, int64_t begin, int64_t end, Transform transform) {
+    const int64_t tiles = p.batch * winograd_tiles_per_image(p.height, p.width);
+    const bool valid = p.batch >= 0 && p.height >= 0 && p.width >= 0 && p.channels > 0 && begin >= 0 && begin <= end &&
+                       p.first_tile >= 0 && p.first_tile + end <= tiles && p.point_stride >= end * p.channels;
+    if (!valid) {
+        return Status::kInvalidArgument;
+    }
+    if (begin == end) {
+        return Status::kOk;
+    }
+    if (!in || !out) {
+        return Status::kInvalidArgument;
+    }
+    transform(p, begin, end);
+    return Status::kOk;
 }
 
 }  // namespace
 
 Status winograd_input_transform_cpu(const WinogradInputParams& p, int64_t begin, int64_t end) {
-    if (!valid_range(p.batch, p.height, p.width, p.channels, p.first_tile, p.point_stride, begin, end)) {
-        return Status::kInvalidArgument;
-    }
-    if (begin == end) {
-        return Status::kOk;
-    }
-    if (!p.x || !p.v) {
-        return Status::kInvalidArgument;
-    }
-    input_transform(p, begin, end);
-    return Status::kOk;
+    return run_range(p, p.x, p.v, begin, end, input_transform);
 }
 
 Status winograd_output_transform_cpu(const WinogradOutputParams& p, int64_t begin, int64_t end) {
-    if (!valid_range(p.batch, p.height, p.width, p.channels, p.first_tile, p.point_stride, begin, end)) {
-        return Status::kInvalidArgument;
-    }
-    if (begin == end) {
-        return Status::kOk;
-    }
-    if (!p.m || !p.y) {
-        return Status::kInvalidArgument;
-    }
-    output_transform(p, begin, end);
-    return Status::kOk;
+    return run_range(p, p.m, p.y, begin, end, output_transform);
 }
 
 }  // namespace agingrt
