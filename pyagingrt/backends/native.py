@@ -8,8 +8,9 @@ overflowed. On CPU the same rewrites run without graphs, so CPU tests cover them
 Without the compiled extension (``pyagingrt._C``) the engine refuses to build: NativeExtensionError names the
 build command. The runners call the custom ops with ``impl="auto"``, which picks the compiled op whenever the
 extension is loaded and no input needs a gradient (always so here: the engine runs under no_grad), so with this
-check at build the native backend never runs the pure-PyTorch oracles under its name. (Built outside this engine,
-e.g. by the ONNX exporter, a runner without the extension runs those standard-op forms on purpose.)
+check at build the native backend never runs the pure-PyTorch oracles under its name (``winograd_conv3x3``, whose
+oracle is only a reference, is called with ``impl="native"`` and is off without the extension). (Built outside
+this engine, e.g. by the ONNX exporter, a runner without the extension runs those standard-op forms on purpose.)
 """
 
 from __future__ import annotations

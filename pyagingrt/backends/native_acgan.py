@@ -59,12 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._extension import has_native
 from ..errors import InputError
 from ..ops.group_norm_act import group_norm_act
 from ..ops.winograd_conv3x3 import winograd_conv3x3, winograd_weight
 from ..training.models.acgan import Generator, ResidualBlock, mask_blend, tile_condition
-from .runner import NativeRunner, check_target_indices
+from .runner import NativeRunner, check_target_indices, winograd_option
 
 
 class _NormParams(nn.Module):
@@ -243,10 +242,7 @@ class AcGANRunner(NativeRunner):
         if packed_head and not packable:
             raise ValueError(f"packed_head needs channels_last and a crop side divisible by {HEAD_PACK}")
         self.packed_head = (device.type != "cuda" and packable) if packed_head is None else packed_head
-        winograd_ok = device.type == "cpu" and dtype == torch.float32
-        if winograd and not winograd_ok:
-            raise ValueError("winograd runs on the CPU in fp32 only (on CUDA, cuDNN chooses its own algorithm)")
-        self.winograd = (winograd_ok and self.channels_last and has_native()) if winograd is None else winograd
+        self.winograd = winograd_option(winograd, device, dtype, self.channels_last)
         with torch.no_grad():
             self._build(module)
 

@@ -67,7 +67,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._extension import has_native
 from ..errors import InputError
 from ..ops.guided_backprop_mask import guided_backprop_mask_taps, guided_backprop_mask_with_taps
 from ..ops.guided_backprop_mask import guided_relu_backward as _guided_relu_backward_op
@@ -75,7 +74,7 @@ from ..ops.masked_gaussian_blur import masked_gaussian_blur_tables, masked_gauss
 from ..ops.winograd_conv3x3 import winograd_conv3x3, winograd_weight
 from ..training.layers.stylegan2 import FIR_TAPS, LRELU_GAIN, LRELU_SLOPE, normalize_2nd_moment, upsample2d
 from ..training.models.cusp import CUSP, SKIP_LEVEL, skip_blur_kernel_size
-from .runner import NativeRunner, Tensors, check_target_indices
+from .runner import NativeRunner, Tensors, check_target_indices, winograd_option
 
 DEMOD_EPS = 1e-8  # inside the demodulation rsqrt (StyleGAN2's)
 NOISE_MODES = ("const", "random", "none")
@@ -220,10 +219,7 @@ class CUSPRunner(NativeRunner):
         if not isinstance(module, CUSP):
             raise TypeError(f"CUSPRunner needs the CUSP model, got {type(module).__name__}")
         self.channels_last = True if channels_last is None else channels_last  # oneDNN's NHWC convs on CPU too
-        winograd_ok = device.type == "cpu" and dtype == torch.float32
-        if winograd and not winograd_ok:
-            raise ValueError("winograd runs on the CPU in fp32 only (on CUDA, cuDNN chooses its own algorithm)")
-        self.winograd = (winograd_ok and self.channels_last and has_native()) if winograd is None else winograd
+        self.winograd = winograd_option(winograd, device, dtype, self.channels_last)
         # fp32 on the CPU: the conv epilogue in place (a fresh [B, O, R, R] output costs its page faults there:
         # addcmul 90 ms against 12 ms at [8, 128, 224, 224], 2 threads; fp32 rounds the same either way). CUDA keeps
         # the one-pass addcmul, low precision its single rounding of fp32 maths.

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._extension import has_native
 from ..errors import InputError
 from ..models.base import ModelAdapter
 
@@ -53,6 +54,19 @@ def check_target_indices(
         )
     if count is not None and batch and (int(targets.min()) < 0 or int(targets.max()) >= count):
         raise InputError(f"{model} {unit}s must lie in 0..{count - 1}, got {targets.tolist()}")
+
+
+def winograd_option(winograd: bool | None, device: torch.device, dtype: torch.dtype, channels_last: bool) -> bool:
+    """The runners' ``winograd`` option (3x3 'same' convs as ``agingrt::winograd_conv3x3``), resolved at build.
+
+    The op runs on the CPU in fp32 only: asking for it elsewhere raises ValueError. Default: on there with
+    channels_last (the layout its kernels read in place) and the compiled extension; the runners call it with
+    ``impl="native"``, so without the extension (the ONNX exporter may build runners then) it stays off.
+    """
+    applies = device.type == "cpu" and dtype == torch.float32
+    if winograd and not applies:
+        raise ValueError("winograd runs on the CPU in fp32 only (on CUDA, cuDNN chooses its own algorithm)")
+    return (applies and channels_last and has_native()) if winograd is None else winograd
 
 
 class Tensors(nn.Module):

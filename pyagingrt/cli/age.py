@@ -99,7 +99,6 @@ RANDOM_WEIGHTS_WARNING = (
 
 def load_engine(args: argparse.Namespace) -> Any:
     """``pyagingrt.load`` from the model flags; warnings (random CLIP, missing DEX) are printed on one line."""
-
     extra = model_files(args)
     common = {"device": args.device, "precision": args.precision, "config": args.config, "backend": args.backend}
     if args.random_weights:
