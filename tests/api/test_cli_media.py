@@ -132,13 +132,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def test_a_signal_mid_video_leaves_nothing_behind(files, tmp_path, signum):
     out = tmp_path / "old.mp4"
     args = ["video", str(files["clip.mp4"]), "-o", str(out), "--checkpoint", str(files["slow.safetensors"])]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.api.cli_with_test_models", *args, "--age", "70", "--batch-size", "1"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    # The child starts with SIGINT at its default, as a command in a terminal does: a suite started as a background
+    # job (`cmd &` without job control) ignores SIGINT, an ignored signal survives exec, and Python then installs
+    # no KeyboardInterrupt handler (the run finished with exit 0). A handler, unlike SIG_IGN, is reset by exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.api.cli_with_test_models", *args, "--age", "70", "--batch-size", "1"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".partial.mp4") for p in tmp_path.iterdir()):  # the run is writing
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
